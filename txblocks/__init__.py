@@ -1,0 +1,53 @@
+"""txblocks: Transformer building blocks as plugins, assembled from a validated spec.
+
+Example::
+
+    import txblocks
+    spec = txblocks.load_spec("examples/specs/gpt2.yaml")
+    model = txblocks.build(spec)
+    out = model(input_ids)          # out.logits, out.last_hidden_state, out.aux_loss
+"""
+
+from txblocks.build import build
+from txblocks.errors import (
+    BuildError,
+    KernelUnavailableError,
+    PluginError,
+    Problem,
+    RegistryError,
+    SpecError,
+    TxblocksPluginWarning,
+)
+from txblocks.hookspecs import hookimpl
+from txblocks.nn.dims import ModelDims
+from txblocks.nn.model import ModelOutput, TransformerModel
+from txblocks.plugins import default_registry, load_registry
+from txblocks.registry import ComponentConfig, Entry, Owner, Registry, slot
+from txblocks.spec import ModelSpec, Slot, load_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildError",
+    "ComponentConfig",
+    "Entry",
+    "KernelUnavailableError",
+    "ModelDims",
+    "ModelOutput",
+    "ModelSpec",
+    "Owner",
+    "PluginError",
+    "Problem",
+    "Registry",
+    "RegistryError",
+    "Slot",
+    "SpecError",
+    "TransformerModel",
+    "TxblocksPluginWarning",
+    "build",
+    "default_registry",
+    "hookimpl",
+    "load_registry",
+    "load_spec",
+    "slot",
+]

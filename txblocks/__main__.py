@@ -1,0 +1,3 @@
+from txblocks.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""Attention masks: what the queries of one attention call may attend to.
+
+A mask object describes one call; it turns into whatever a kernel takes: a dense
+boolean keep-mask, a dense additive tensor, SDPA's ``is_causal`` flag, or one of
+xformers' ``AttentionBias`` classes.
+
+Shapes: B batch, Tq query length, Tk key length, H query heads.
+Query ``i`` sits at absolute position ``q_offset + i``, measured in key positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["AttentionMask", "BlockDiagonalMask", "CausalMask", "FullMask", "PrefixLMMask"]
+
+Device = torch.device | str
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionMask:
+    """What the queries of one attention call may attend to (base class).
+
+    Subclasses describe a *structure* (causal, banded, block-diagonal, ...) by
+    overriding :meth:`structure`; key padding and an additive positional bias
+    compose with any structure here.
+
+    Args:
+        q_len: Tq, the number of queries.
+        k_len: Tk, the number of keys.
+        q_offset: absolute position of query 0 in key positions. Defaults to
+            ``k_len - q_len``: queries are the last Tq positions (bottom-right
+            aligned, as with a KV cache).
+        key_padding: bool ``(B, Tk)``, True marks a real token.
+        bias: additive float ``(B|1, H|1, Tq, Tk)`` from a positional scheme
+            (ALiBi, T5 relative buckets); it may require grad.
+    """
+
+    q_len: int
+    k_len: int
+    _: KW_ONLY
+    q_offset: int = None  # type: ignore[assignment]  # set in __post_init__
+    key_padding: Tensor | None = None
+    bias: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.q_len < 1 or self.k_len < 1:
+            raise ValueError(
+                f"{name}: q_len and k_len must be >= 1, got {self.q_len}, {self.k_len}"
+            )
+        if self.q_offset is None:
+            object.__setattr__(self, "q_offset", self.k_len - self.q_len)
+        pad = self.key_padding
+        shape = (self.q_len, self.k_len)
+        if pad is not None and (pad.dtype != torch.bool or pad.shape[1:] != shape[1:]):
+            raise ValueError(
+                f"{name}: key_padding must be a bool tensor (B, Tk={self.k_len}) with True for "
+                f"real tokens, got {pad.dtype} {tuple(pad.shape)}"
+            )
+        bias = self.bias
+        if bias is not None and (bias.ndim != 4 or tuple(bias.shape[-2:]) != shape):
+            raise ValueError(
+                f"{name}: bias must be (B|1, H|1, Tq={self.q_len}, Tk={self.k_len}), "
+                f"got {tuple(bias.shape)}"
+            )
+
+    # -- what subclasses override -------------------------------------------------
+
+    def structure(self, device: Device) -> Tensor | None:
+        """Bool keep-mask ``(B|1, Tq, Tk)`` of the structure alone; None allows everything."""
+        return None
+
+    def _sdpa_is_causal(self) -> bool:
+        """True when :meth:`structure` is exactly SDPA's ``is_causal`` (top-left triangle)."""
+        return False
+
+    def _xformers_structure(self, attn_bias: ModuleType, device: torch.device) -> Any:
+        """An xformers ``AttentionBias`` equal to :meth:`structure` (no rows empty), else None."""
+        return None
+
+    # -- derived forms --------------------------------------------------------------
+
+    def positions(self, device: Device) -> tuple[Tensor, Tensor]:
+        """Absolute positions of queries ``(Tq, 1)`` and keys ``(1, Tk)``."""
+        q = torch.arange(self.q_len, device=device) + self.q_offset
+        k = torch.arange(self.k_len, device=device)
+        return q[:, None], k[None, :]
+
+    def keep(self, device: Device) -> Tensor | None:
+        """Bool ``(B|1, 1, Tq, Tk)``: the structure AND the key padding; None allows everything."""
+        keep = self.structure(device)
+        keep = None if keep is None else keep[:, None]
+        if self.key_padding is not None:
+            pad = self.key_padding.to(device)[:, None, None, :]
+            keep = pad.expand(-1, -1, self.q_len, -1) if keep is None else keep & pad
+        return keep
+
+    def empty_rows(self, device: Device) -> Tensor | None:
+        """Bool ``(B|1, 1, Tq, 1)``: queries with no allowed key (their output is 0)."""
+        keep = self.keep(device)
+        return None if keep is None else ~keep.any(dim=-1, keepdim=True)
+
+    def additive(self, dtype: torch.dtype, device: Device) -> Tensor | None:
+        """Float ``(B|1, H|1, Tq, Tk)``: ``bias`` where kept, ``finfo(dtype).min`` where masked.
+
+        The masked value is finite, so a row with no allowed key still has a
+        defined softmax (the kernels then zero it) and finite gradients.
+        """
+        keep = self.keep(device)
+        bias = None if self.bias is None else self.bias.to(device=device, dtype=dtype)
+        if keep is None:
+            return bias
+        if bias is None:
+            bias = torch.zeros((), dtype=dtype, device=device)
+        return torch.where(keep, bias, torch.finfo(dtype).min)
+
+    def sdpa(self, dtype: torch.dtype, device: Device) -> tuple[Tensor | None, bool]:
+        """``(attn_mask, is_causal)`` for :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+        ``is_causal=True`` only when it is exact (top-left causal, no padding, no
+        bias); otherwise the additive tensor (finite, so fully masked rows cannot
+        produce NaN in any SDPA backend).
+        """
+        if self.key_padding is None and self.bias is None and self._sdpa_is_causal():
+            return None, True
+        return self.additive(dtype, device), False
+
+    def xformers(self, dtype: torch.dtype, device: Device) -> Any:
+        """The bias for ``xformers.ops.memory_efficient_attention``.
+
+        An ``xformers.ops.fmha.attn_bias.AttentionBias`` where xformers has a class
+        for this structure (and there is no key padding), else the dense additive
+        tensor ``(B|1, H|1, Tq, Tk)``, else None. Block-diagonal biases describe
+        the batch flattened to ``(1, B*T)``; the kernel reshapes.
+        """
+        from xformers.ops.fmha import attn_bias  # optional dependency: import lazily
+
+        device = torch.device(device)
+        if self.key_padding is None:
+            fast = self._xformers_structure(attn_bias, device)
+            if fast is not None and self.bias is None:
+                return fast
+            if type(fast) is attn_bias.LowerTriangularMask:
+                return attn_bias.LowerTriangularMaskWithTensorBias(
+                    self.bias.to(device=device, dtype=dtype)  # type: ignore[union-attr]
+                )
+        return self.additive(dtype, device)
+
+    def with_bias(self, bias: Tensor | None) -> AttentionMask:
+        """A copy with the additive ``bias (B|1, H|1, Tq, Tk)`` added to any existing one."""
+        if bias is None:
+            return self
+        return dataclasses.replace(self, bias=bias if self.bias is None else self.bias + bias)
+
+
+@dataclass(frozen=True, eq=False)
+class FullMask(AttentionMask):
+    """Every query sees every (non-padded) key: encoders, cross-attention."""
+
+
+@dataclass(frozen=True, eq=False)
+class CausalMask(AttentionMask):
+    """Query at position p sees keys j <= p; with ``window`` w only p - w < j <= p.
+
+    The window counts the query's own position: w keys in all (Mistral /
+    Hugging Face ``sliding_window`` semantics; Beltagy et al. 2020, "Longformer",
+    https://arxiv.org/abs/2004.05150; Jiang et al. 2023, "Mistral 7B").
+    """
+
+    _: KW_ONLY
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"CausalMask: window must be >= 1, got {self.window}")
+
+    def structure(self, device: Device) -> Tensor:
+        q, k = self.positions(device)
+        keep = k <= q
+        if self.window is not None:
+            keep = keep & (k > q - self.window)
+        return keep[None]
+
+    def _sdpa_is_causal(self) -> bool:
+        return self.window is None and self.q_offset == 0
+
+    def _xformers_structure(self, attn_bias: ModuleType, device: torch.device) -> Any:
+        bottom_right = self.q_offset == self.k_len - self.q_len and self.q_offset >= 0
+        if self.window is None and self.q_offset == 0:
+            return attn_bias.LowerTriangularMask()
+        if self.window is None and bottom_right:
+            return attn_bias.LowerTriangularFromBottomRightMask()
+        if self.window is not None and bottom_right:
+            # xformers' window_size counts keys i - w < j <= i, as ours does.
+            return attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(self.window)
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class PrefixLMMask(AttentionMask):
+    """Bidirectional over a prefix, causal after it: query p sees j <= p or j < prefix.
+
+    Raffel et al. 2020, "Exploring the Limits of Transfer Learning" (T5), §3.2.1;
+    Dong et al. 2019, "Unified Language Model Pre-training" (UniLM).
+
+    Args:
+        prefix_lengths: one length for every row, or one per row (``B`` ints or a
+            ``(B,)`` integer tensor), in key positions.
+    """
+
+    _: KW_ONLY
+    prefix_lengths: Tensor | Sequence[int] | int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lengths = torch.as_tensor(self.prefix_lengths)
+        if lengths.dtype.is_floating_point or lengths.ndim > 1 or bool((lengths < 0).any()):
+            raise ValueError(
+                "PrefixLMMask: prefix_lengths must be a non-negative int or one int per row, "
+                f"got {self.prefix_lengths!r}"
+            )
+
+    def structure(self, device: Device) -> Tensor:
+        q, k = self.positions(device)
+        lengths = torch.as_tensor(self.prefix_lengths, device=device).reshape(-1, 1, 1)
+        return (k <= q)[None] | (k < lengths)
+
+
+@dataclass(frozen=True, eq=False)
+class BlockDiagonalMask(AttentionMask):
+    """Packed sequences: a query sees only keys of its own sequence (optionally causal).
+
+    Several sequences are concatenated in each row; ``seq_lens[b]`` lists their
+    lengths, summing to Tk. Query i belongs to the sequence holding its absolute
+    position ``q_offset + i``. With ``window`` w, causal attention is further
+    limited to the w most recent keys (as :class:`CausalMask`).
+
+    Args:
+        seq_lens: per row, the lengths of the packed sequences.
+        causal: whether each sequence is causal.
+        window: optional sliding window (requires ``causal``).
+    """
+
+    _: KW_ONLY
+    seq_lens: Sequence[Sequence[int]]
+    causal: bool = True
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        seq_lens = tuple(tuple(int(n) for n in row) for row in self.seq_lens)
+        object.__setattr__(self, "seq_lens", seq_lens)
+        for b, row in enumerate(self.seq_lens):
+            if any(n < 0 for n in row) or sum(row) != self.k_len:
+                raise ValueError(
+                    f"BlockDiagonalMask: seq_lens[{b}] = {list(row)} must be non-negative "
+                    f"lengths summing to Tk={self.k_len}"
+                )
+        if not self.seq_lens:
+            raise ValueError("BlockDiagonalMask: seq_lens needs one list of lengths per row")
+        if self.q_offset < 0 or self.q_offset + self.q_len > self.k_len:
+            raise ValueError(
+                f"BlockDiagonalMask: queries (q_offset={self.q_offset}, Tq={self.q_len}) must "
+                f"lie within the Tk={self.k_len} key positions"
+            )
+        if self.window is not None and (self.window < 1 or not self.causal):
+            raise ValueError(
+                f"BlockDiagonalMask: window must be >= 1 and causal, got {self.window}"
+            )
+
+    def structure(self, device: Device) -> Tensor:
+        positions = torch.arange(self.k_len, device=device)
+        ends = [torch.tensor([*itertools.accumulate(row)], device=device) for row in self.seq_lens]
+        # (B, Tk): index of the packed sequence holding each key position
+        segments = torch.stack([torch.searchsorted(e, positions, right=True) for e in ends])
+        q_seg = segments[:, self.q_offset : self.q_offset + self.q_len]
+        keep = q_seg[:, :, None] == segments[:, None, :]
+        q, k = self.positions(device)
+        if self.causal:
+            keep = keep & (k <= q)
+        if self.window is not None:
+            keep = keep & (k > q - self.window)
+        return keep
+
+    def _xformers_structure(self, attn_bias: ModuleType, device: torch.device) -> Any:
+        if self.q_len != self.k_len or self.q_offset != 0:
+            return None
+        flat = [n for row in self.seq_lens for n in row if n > 0]  # batch flattened to (1, B*T)
+        mask = attn_bias.BlockDiagonalMask.from_seqlens(flat, device=device)
+        if self.window is not None:
+            return mask.make_local_attention(self.window)
+        return mask.make_causal() if self.causal else mask

@@ -1,0 +1,66 @@
+"""PyTorch ``scaled_dot_product_attention``: the kernel off CUDA (and on CUDA without xformers).
+
+Shapes: B batch, Tq/Tk query/key length, H query heads, Hkv kv heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from txblocks.attention.kernel import AttentionCall, AttentionKernel
+from txblocks.attention.mask import AttentionMask
+
+__all__ = ["SDPAKernel"]
+
+
+class SDPAKernel(AttentionKernel):
+    """PyTorch's fused ``scaled_dot_product_attention`` (any device; no softcap).
+
+    Grouped K/V heads go through ``enable_gqa=True``; the mask becomes
+    ``is_causal`` when that is exact, else the mask's finite additive tensor.
+    Rows with no allowed key are zeroed afterwards.
+    See ``torch.nn.functional.scaled_dot_product_attention`` in the PyTorch docs.
+    """
+
+    name = "sdpa"
+    priority = 50
+
+    def why_not(self, call: AttentionCall) -> list[str]:
+        reasons = super().why_not(call)
+        if call.softcap is not None:
+            reasons.append(
+                "softcap (logit soft-capping) is not supported by torch SDPA; "
+                "use kernel 'eager' (or 'auto', which picks it)"
+            )
+        if not call.dtype.is_floating_point:
+            reasons.append(f"dtype {call.dtype} is not a floating-point type")
+        return reasons
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: AttentionMask,
+        *,
+        scale: float,
+        dropout: float,
+        softcap: float | None,
+    ) -> Tensor:
+        attn_mask, is_causal = mask.sdpa(q.dtype, q.device)  # (B|1, H|1, Tq, Tk) or None
+        out = F.scaled_dot_product_attention(
+            rearrange(q, "b t h d -> b h t d"),
+            rearrange(k, "b t h d -> b h t d"),
+            rearrange(v, "b t h d -> b h t d"),
+            attn_mask=attn_mask,
+            dropout_p=dropout,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=q.shape[2] != k.shape[2],
+        )  # (B, H, Tq, D)
+        empty = mask.empty_rows(q.device)  # (B|1, 1, Tq, 1)
+        if empty is not None:
+            out = out.masked_fill(empty, 0.0)
+        return rearrange(out, "b h t d -> b t h d")

@@ -1,0 +1,122 @@
+"""The ``txblocks`` command line: list, validate, summary, schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from txblocks.errors import BuildError, SpecError
+from txblocks.plugins import default_registry
+from txblocks.spec.io import load_spec
+from txblocks.spec.schema import schema_text
+
+__all__ = ["main"]
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{suffix}{unit}" if suffix else f"{n:.0f}{unit}"
+        n /= 1000
+    return f"{n:.1f}P{unit}"
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    registry = default_registry()
+    if args.kind is not None and args.kind not in registry.kinds():
+        console.print(f"[red]unknown kind {args.kind!r}[/]; kinds: {', '.join(registry.kinds())}")
+        return 1
+    table = Table(title="txblocks components")
+    for column in ("kind", "name", "owner", "description"):
+        table.add_column(column, overflow="fold")
+    for entry in registry.entries(args.kind, args.pattern):
+        table.add_row(entry.kind, entry.name, str(entry.owner), entry.description)
+    console.print(table)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    failed = 0
+    for path in args.specs:
+        try:
+            load_spec(Path(path))
+        except SpecError as exc:
+            failed += 1
+            console.print(f"[red]✗ {path}[/]")
+            for problem in exc.problems:
+                console.print(f"    {problem}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[green]✓ {path}[/]")
+    return 1 if failed else 0
+
+
+def cmd_summary(args: argparse.Namespace, console: Console) -> int:
+    from txblocks.summary import summarize
+
+    status = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(Path(path))
+            summary = summarize(spec, seq_len=args.seq_len)
+        except (SpecError, BuildError) as exc:
+            console.print(f"[red]{path}[/]")
+            console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+            status = 1
+            continue
+        table = Table(title=f"{summary.name} ({summary.arch}) — {path}")
+        for column in ("layer", "layout", "kernel", "mask", "ffn", "params"):
+            table.add_column(column, justify="right" if column in ("layer", "params") else "left")
+        for row in summary.layers:
+            table.add_row(str(row.index), row.layout, row.kernel, row.mask, row.ffn, _human(row.parameters))
+        console.print(table)
+        console.print(
+            f"parameters {summary.parameters:,} ({_human(summary.parameters)}), "
+            f"memory {_human(summary.parameter_bytes, 'B')}, "
+            f"forward FLOPs at batch 1 × {summary.seq_len} tokens: {_human(summary.forward_flops)}\n"
+        )
+    return status
+
+
+def cmd_schema(args: argparse.Namespace, console: Console) -> int:
+    text = schema_text(default_registry())
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        console.print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="txblocks", description="Transformer building blocks from a spec.")
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="registered components: kind, name, owner, description")
+    ls.add_argument("kind", nargs="?", help="attention, mask, position, norm, activation, ffn, head, …")
+    ls.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'rope*'")
+    ls.set_defaults(run=cmd_list)
+    va = sub.add_parser("validate", help="check specs; exit 1 listing every problem")
+    va.add_argument("specs", nargs="+")
+    va.set_defaults(run=cmd_validate)
+    su = sub.add_parser("summary", help="per-layer table, parameters, FLOPs, memory")
+    su.add_argument("specs", nargs="+")
+    su.add_argument("--seq-len", type=int, default=128, help="tokens in the measured forward")
+    su.set_defaults(run=cmd_summary)
+    sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")
+    sc.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sc.set_defaults(run=cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    return int(args.run(args, console))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

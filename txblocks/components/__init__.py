@@ -1,0 +1,24 @@
+"""txblocks' built-in components, registered through txblocks' own entry point."""
+
+from __future__ import annotations
+
+from txblocks.components import (
+    activations,
+    attention,
+    ffn,
+    heads,
+    masks,
+    norms,
+    positions,
+)
+from txblocks.hookspecs import hookimpl
+from txblocks.registry import Registry
+
+_MODULES = (activations, norms, ffn, attention, masks, positions, heads)
+
+
+@hookimpl
+def txblocks_register(registry: Registry) -> None:
+    """Register every built-in component."""
+    for module in _MODULES:
+        module.register(registry)

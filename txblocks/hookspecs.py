@@ -1,0 +1,64 @@
+"""The plugin contract: the hooks a txblocks plugin may implement.
+
+A plugin is a module named by an entry point in the ``txblocks`` group::
+
+    [project.entry-points.txblocks]
+    scalenorm = "txblocks_scalenorm.plugin"
+
+It implements hooks by decorating functions with :data:`txblocks.hookimpl`.
+txblocks' own built-in components are registered through exactly this door.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from txblocks.registry import Registry
+
+PROJECT = "txblocks"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorator marking a plugin's hook implementation.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def txblocks_register(registry: Registry) -> None:
+    """Add components to ``registry``.
+
+    Called once per plugin when a registry is built (``txblocks.default_registry()``
+    or :func:`txblocks.plugins.load_registry`). Each call runs with the plugin's
+    distribution recorded as the owner of what it adds.
+
+    Args:
+        registry: the registry being built. Call ``registry.add(kind, name, factory,
+            config)`` for each component. Adding a kind and name that another
+            plugin already added raises :class:`txblocks.RegistryError` naming both
+            owners, unless ``override=True`` is passed.
+
+    Returns:
+        Nothing; every result is ignored.
+
+    The factory is called by ``txblocks.build`` with the arguments that its kind
+    defines, the validated config instance last:
+
+    ==============  =============================================  ==========================
+    kind            factory(...)                                   returns
+    ==============  =============================================  ==========================
+    ``norm``        ``(dim: int, config)``                         module ``(..., dim) -> same``
+    ``activation``  ``(config)``                                   elementwise module
+    ``ffn``         ``(dim: int, config)``                         module ``(B, T, dim) -> (B, T, dim)``
+                                                                   or ``(out, aux_loss)``
+    ``attention``   ``(config)``                                   an :class:`~txblocks.attention.AttentionKernel`
+    ``mask``        ``(config)``                                   a :class:`~txblocks.attention.MaskStrategy`
+    ``position``    ``(dims: ModelDims, config)``                  a :class:`~txblocks.nn.PositionalScheme`
+    ``head``        ``(dims: ModelDims, embedding, config)``       module ``(B, T, d_model) -> logits``
+    ==============  =============================================  ==========================
+
+    A config field declared with :func:`txblocks.slot` holds a nested component
+    (an ffn's activation, for instance); call ``config.activation.build()`` inside
+    the factory to get its module.
+    """

@@ -1,0 +1,103 @@
+"""The attention layer: projections around an attention kernel.
+
+Shapes: B batch, T time, C d_model, H query heads, Hkv key/value heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from txblocks.attention.kernel import AttentionKernel
+from txblocks.attention.mask import AttentionMask
+
+Rotate = Callable[[Tensor], Tensor]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with grouped-query heads (Ainslie et al. 2023).
+
+    Args:
+        dim: d_model.
+        n_heads: query heads H.
+        n_kv_heads: key/value heads Hkv (H for MHA, 1 for MQA); H % Hkv == 0.
+        head_dim: D.
+        kernel: computes softmax(q kᵀ · scale + mask) v.
+        qkv_bias / out_bias: biases of the projections.
+        fused_qkv: one (C -> (H + 2 Hkv) D) matrix instead of three.
+        q_norm / k_norm: per-head norms of q and k (QK-norm, Dehghani et al. 2023).
+        softcap: logit soft-capping c · tanh(s / c) (Gemma 2).
+        scale: score scale, default D ** -0.5.
+        dropout: dropout on attention probabilities (training only).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        kernel: AttentionKernel,
+        *,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        fused_qkv: bool = True,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
+        softcap: float | None = None,
+        scale: float | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.kernel = kernel
+        q_size, kv_size = n_heads * head_dim, n_kv_heads * head_dim
+        self.sizes = (q_size, kv_size, kv_size)
+        if fused_qkv:
+            self.qkv = nn.Linear(dim, q_size + 2 * kv_size, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(dim, q_size, bias=qkv_bias)
+            self.k = nn.Linear(dim, kv_size, bias=qkv_bias)
+            self.v = nn.Linear(dim, kv_size, bias=qkv_bias)
+        self.out = nn.Linear(q_size, dim, bias=out_bias)
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.softcap = softcap
+        self.scale = scale if scale is not None else head_dim**-0.5
+        self.dropout = dropout
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, C) -> q (B, T, H, D), k and v (B, T, Hkv, D)."""
+        if hasattr(self, "qkv"):
+            q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        d = self.head_dim
+        return (
+            rearrange(q, "b t (h d) -> b t h d", d=d),
+            rearrange(k, "b t (h d) -> b t h d", d=d),
+            rearrange(v, "b t (h d) -> b t h d", d=d),
+        )
+
+    def forward(self, x: Tensor, mask: AttentionMask, rotate: Rotate | None = None) -> Tensor:
+        q, k, v = self.project(x)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotate is not None:
+            q, k = rotate(q), rotate(k)
+        o = self.kernel(
+            q, k, v, mask,
+            scale=self.scale,
+            dropout=self.dropout if self.training else 0.0,
+            softcap=self.softcap,
+        )  # (B, T, H, D)
+        return self.out(rearrange(o, "b t h d -> b t (h d)"))
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
+            f"kernel={getattr(self.kernel, 'name', type(self.kernel).__name__)}"
+        )

@@ -1,0 +1,82 @@
+"""Output heads. Shapes: B batch, T time, C d_model, V vocabulary, K classes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Pooling = Literal["cls", "mean", "last"]
+
+
+class LMHead(nn.Module):
+    """Projects hidden states to vocabulary logits; ``weight`` may be the embedding's."""
+
+    def __init__(self, dim: int, vocab_size: int, *, bias: bool = False,
+                 tied: nn.Embedding | None = None) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, vocab_size, bias=bias)
+        if tied is not None:
+            self.proj.weight = tied.weight
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.proj(hidden)  # (B, T, C) -> (B, T, V)
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense -> activation -> norm -> vocabulary projection."""
+
+    def __init__(self, dim: int, vocab_size: int, activation: nn.Module, norm: nn.Module, *,
+                 bias: bool = True, tied: nn.Embedding | None = None) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.act = activation
+        self.norm = norm
+        self.decoder = LMHead(dim, vocab_size, bias=bias, tied=tied)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden))))
+
+
+def pool(hidden: Tensor, attention_mask: Tensor | None, how: Pooling) -> Tensor:
+    """(B, T, C) -> (B, C): first token, mean over real tokens, or last real token."""
+    if how == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1) if how == "mean" else hidden[:, -1]
+    keep = attention_mask.to(hidden.dtype)  # (B, T)
+    if how == "mean":
+        return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
+    # last real token; works for right padding (and for left padding, where it is T-1)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    last = (positions * attention_mask.to(positions.dtype)).argmax(dim=1)  # (B,)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+class ClassifierHead(nn.Module):
+    """Sequence classification: pool, optional dense+tanh pooler (BERT), dropout, linear."""
+
+    def __init__(self, dim: int, n_classes: int, *, pooling: Pooling = "cls",
+                 pooler: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.pooling = pooling
+        self.pooler = nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) if pooler else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, n_classes)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        pooled = self.pooler(pool(hidden, attention_mask, self.pooling))  # (B, C)
+        return self.out(self.dropout(pooled))  # (B, K)
+
+
+class TokenClassifierHead(nn.Module):
+    """Per-token classification (NER): dropout then linear."""
+
+    def __init__(self, dim: int, n_classes: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, n_classes)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.out(self.dropout(hidden))  # (B, T, K)

@@ -1,0 +1,210 @@
+"""Reading and writing specs: YAML/JSON text, files, dicts, and ``extends:``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from txblocks.errors import Problem, SpecError, did_you_mean
+from txblocks.registry import Registry
+from txblocks.spec.checks import check_spec
+from txblocks.spec.errors import problems_from
+from txblocks.spec.models import ModelSpec
+from txblocks.spec.schema import spec_models
+
+__all__ = ["PRESETS_DIR", "dump_yaml", "load_spec", "preset_names", "validate_spec"]
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def preset_names() -> list[str]:
+    """Names that ``extends:`` accepts without a path (the shipped example specs)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_text(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the text"
+        problem = exc.problem or ""
+        if "constructor for the tag" in problem:
+            message = (f"unsupported YAML tag at {where}: {problem}; specs are read safely "
+                       "and never construct Python objects")
+        else:
+            message = f"invalid YAML at {where}: {problem}"
+        raise SpecError([Problem("", message)], source=source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the text"
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{context}, {problem}" if context else problem
+        raise SpecError([Problem("", f"malformed YAML at {where}: {detail}")], source=source) from None
+
+
+def _read_file(path: Path) -> Any:
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}", source=str(path))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(
+                f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
+            ) from None
+    return _parse_text(text, str(path))
+
+
+def _looks_like_path(text: str) -> bool:
+    return "\n" not in text and text.strip().endswith(_SUFFIXES)
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` on top of ``base``; a component whose ``type`` changes is replaced whole.
+
+    A component's shorthand (``rope``) counts as ``{type: rope}`` when the other side
+    is a mapping.
+    """
+    if isinstance(base, str) and isinstance(override, dict):
+        base = {"type": base}
+    if isinstance(base, dict) and "type" in base and isinstance(override, str):
+        override = {"type": override}
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    if "type" in override and base.get("type") != override["type"]:
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base[key], value) if key in base else value
+    return merged
+
+
+def _resolve_extends(data: dict[str, Any], base_dir: Path | None, seen: tuple[str, ...]) -> dict[str, Any]:
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SpecError([Problem("extends", f"expected a preset name or a file path, got {parent!r}")])
+    if parent.endswith(_SUFFIXES):
+        path = (base_dir or Path.cwd()) / parent
+        key, parent_dir = str(path.resolve()), path.parent
+        if not path.is_file():
+            raise SpecError([Problem("extends", f"file not found: {path}")])
+    else:
+        names = preset_names()
+        if parent not in names:
+            raise SpecError([
+                Problem("extends", f"unknown preset {parent!r}; presets: {', '.join(names)}"
+                        f"{did_you_mean(parent, names)}")
+            ])
+        path, key, parent_dir = PRESETS_DIR / f"{parent}.yaml", f"preset:{parent}", PRESETS_DIR
+    if key in seen:
+        raise SpecError([Problem("extends", f"cycle: {' -> '.join((*seen, key))}")])
+    base = _read_file(path)
+    if not isinstance(base, dict):
+        raise SpecError([Problem("extends", f"{path} does not hold a mapping")])
+    base = _resolve_extends(base, parent_dir, (*seen, key))
+    child = {k: v for k, v in data.items() if k != "extends"}
+    return _merge({k: v for k, v in base.items() if k != "extends"}, child)
+
+
+def validate_spec(data: Any, registry: Registry, *, source: str | None = None) -> ModelSpec:
+    """Validate a spec mapping (``extends`` already resolved) and run the cross-field checks."""
+    models = spec_models(registry)
+    if not isinstance(data, dict):
+        raise SpecError(f"a spec must be a mapping of fields, got {type(data).__name__}", source=source)
+    try:
+        spec = models.adapter.validate_python(data)
+    except ValidationError as exc:
+        raise SpecError(problems_from(models.annotation, exc), source=source) from None
+    except (TypeError, ValueError) as exc:  # e.g. unhashable keys that pydantic cannot report
+        raise SpecError(f"could not read the spec: {exc}", source=source) from None
+    problems = check_spec(spec)
+    if problems:
+        raise SpecError(problems, source=source)
+    return spec
+
+
+def load_spec(source: Any, *, registry: Registry | None = None) -> ModelSpec:
+    """Load and validate a spec.
+
+    Args:
+        source: a path (``str`` ending in .yaml/.yml/.json, or ``Path``), YAML or
+            JSON text, a mapping, or an already validated spec (returned as is).
+        registry: the components the spec may name; default
+            :func:`txblocks.default_registry`.
+
+    Returns:
+        The validated spec (a :class:`txblocks.ModelSpec` of its ``arch``).
+
+    Raises:
+        SpecError: every problem found, each with its path. YAML is read with
+            ``yaml.safe_load``: tags such as ``!!python/object`` are rejected.
+    """
+    if isinstance(source, ModelSpec):
+        return source
+    if registry is None:
+        from txblocks.plugins import default_registry
+
+        registry = default_registry()
+    base_dir: Path | None = None
+    label: str | None = None
+    if isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
+        path = Path(source)
+        data, base_dir, label = _read_file(path), path.parent, str(path)
+    elif isinstance(source, str):
+        data = _parse_text(source, "<text>")
+    elif isinstance(source, dict):
+        data = source
+    else:
+        raise SpecError(f"cannot load a spec from {type(source).__name__}; pass a path, text or dict")
+    if isinstance(data, dict):
+        try:
+            data = _resolve_extends(data, base_dir, ())
+        except SpecError as exc:
+            raise SpecError(exc.problems, source=label) from None
+    return validate_spec(data, registry, source=label)
+
+
+def dump_yaml(spec: ModelSpec) -> str:
+    """``spec`` as YAML, leaving out values equal to their defaults."""
+    data = spec.model_dump(mode="json", exclude_defaults=True, exclude={"extends"})
+    return yaml.safe_dump(_tag_first(data), sort_keys=False)
+
+
+def _tag_first(node: Any) -> Any:
+    """Put ``arch`` / ``type`` first in every mapping, as people write them."""
+    if isinstance(node, list):
+        return [_tag_first(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    keys = sorted(node, key=lambda k: k not in ("arch", "type"))
+    return {k: _tag_first(node[k]) for k in keys}

@@ -1,0 +1,274 @@
+"""The spec's pydantic models (static part; slots are filled from a registry).
+
+Fields annotated ``Slot["kind"]`` accept any component of that kind registered in
+the registry the spec is validated against (see :mod:`txblocks.spec.schema`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, create_model
+
+from txblocks.errors import did_you_mean
+from txblocks.spec.slots import Slot
+
+__all__ = [
+    "AttentionSpec",
+    "BlockSpec",
+    "DecoderSpec",
+    "EmbeddingSpec",
+    "EncoderSpec",
+    "LayerOverride",
+    "ModelSpec",
+]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+Layout = Literal["pre_norm", "post_norm", "parallel"]
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+
+
+class EmbeddingSpec(SpecModel):
+    """Token embeddings and what is applied to them before the first block."""
+
+    scale: float | Literal["sqrt_d_model"] | None = Field(
+        None, description="Multiply token embeddings by this (T5/BART/Gemma style)."
+    )
+    token_types: int = Field(0, ge=0, description="Segment vocabulary (BERT: 2); 0 = none.")
+    norm: Slot["norm"] | None = Field(None, description="Norm after embedding (BERT, BART).")
+    dropout: Probability = Field(0.0, description="Dropout on the summed embeddings.")
+
+
+class AttentionSpec(SpecModel):
+    """Self-attention: kernel, mask and projections."""
+
+    kernel: Slot["attention"] = Field("auto", description="Attention kernel; auto picks the fastest valid one.")
+    mask: Slot["mask"] | None = Field(
+        None, description="Mask strategy; defaults to causal for decoders, none for encoders."
+    )
+    bias: bool = Field(True, description="Bias on the q/k/v and output projections.")
+    qkv_bias: bool | None = Field(None, description="Override `bias` for q/k/v only.")
+    out_bias: bool | None = Field(None, description="Override `bias` for the output projection.")
+    fused_qkv: bool = Field(True, description="One matrix for q, k and v.")
+    qk_norm: Slot["norm"] | None = Field(None, description="Norm applied per head to q and k.")
+    softcap: float | None = Field(None, gt=0, description="Logit soft-capping c·tanh(s/c) (Gemma 2).")
+    scale: float | None = Field(None, gt=0, description="Score scale; default head_dim ** -0.5.")
+    dropout: Probability = Field(0.0, description="Dropout on attention probabilities.")
+
+
+class BlockSpec(SpecModel):
+    """One Transformer block: attention, ffn, norms and their arrangement."""
+
+    layout: Layout = Field(
+        "pre_norm",
+        description="pre_norm (GPT-2, Llama), post_norm (original Transformer, BERT), "
+        "parallel attention + ffn (GPT-J, GPT-NeoX).",
+    )
+    norm: Slot["norm"] = Field("layernorm", description="The block's norms.")
+    attention: AttentionSpec = Field(default_factory=AttentionSpec)
+    ffn: Slot["ffn"] = Field("mlp", description="Feed-forward network (dense or MoE).")
+    dropout: Probability = Field(0.0, description="Dropout on each residual branch.")
+
+
+def _partial(model: type[SpecModel], name: str) -> type[SpecModel]:
+    """``model`` with every field optional (None = keep the base block's value)."""
+    fields: dict[str, Any] = {
+        key: (info.annotation | None, Field(None, description=info.description))
+        for key, info in model.model_fields.items()
+    }
+    return create_model(name, __base__=SpecModel, __module__=__name__, **fields)  # type: ignore[call-overload]
+
+
+AttentionOverride = _partial(AttentionSpec, "AttentionOverride")
+AttentionOverride.__doc__ = "Attention fields to change on the selected layers."
+
+SELECT_WORDS = ("all", "odd", "even")
+
+
+class LayerRange(SpecModel):
+    """Layers ``start, start + step, …`` below ``stop`` (every n-th layer: ``step: n``)."""
+
+    start: int = Field(0, ge=0)
+    stop: int | None = Field(None, ge=0)
+    step: int = Field(1, ge=1)
+
+
+def _parse_select(value: Any) -> Any:
+    if isinstance(value, str):
+        if value not in SELECT_WORDS:
+            raise ValueError(
+                f"got {value!r}; allowed: {', '.join(SELECT_WORDS)}, an index, a list of "
+                f"indices or {{start, stop, step}}{did_you_mean(value, SELECT_WORDS)}"
+            )
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"got {value!r}; expected a layer index, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"got {value!r}; expected a non-empty list of layer indices")
+        return value
+    if isinstance(value, dict):
+        allowed = sorted(LayerRange.model_fields)
+        for key in value:
+            if key not in allowed:
+                raise ValueError(
+                    f"unknown field {key!r} in a layer range; allowed fields: "
+                    f"{', '.join(allowed)}{did_you_mean(key, allowed)}"
+                )
+        try:
+            return LayerRange.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}; got {first.get('input')!r}") from None
+    raise ValueError(
+        f"got {value!r}; expected 'all', 'odd', 'even', an index, a list of indices "
+        "or {start, stop, step}"
+    )
+
+
+Select = Annotated[
+    Any,
+    PlainValidator(
+        _parse_select,
+        json_schema_input_type=Literal["all", "odd", "even"] | int | list[int] | LayerRange,
+    ),
+]
+
+
+class LayerOverride(SpecModel):
+    """Changes applied to selected layers, in order (hybrid stacks, interleaved MoE)."""
+
+    select: Select = Field(
+        ..., description="'all', 'odd', 'even', an index, a list of indices, or {start, stop, step}."
+    )
+    layout: Layout | None = None
+    norm: Slot["norm"] | None = None
+    attention: AttentionOverride | None = None  # type: ignore[valid-type]
+    ffn: Slot["ffn"] | None = None
+    dropout: Probability | None = None
+
+    def out_of_range(self, n_layers: int) -> str | None:
+        """Why the selection does not fit ``n_layers`` layers, or None when it does."""
+        sel, n = self.select, n_layers
+        if isinstance(sel, LayerRange):
+            if sel.start >= n or (sel.stop is not None and sel.stop > n):
+                return f"range {sel.start}:{sel.stop} is outside 0..{n} (n_layers {n})"
+            if sel.stop is not None and sel.stop <= sel.start:
+                return f"range {sel.start}:{sel.stop} selects no layer"
+            return None
+        for i in [sel] if isinstance(sel, int) else sel if isinstance(sel, list) else []:
+            if not -n <= i < n:
+                return f"layer index {i} is out of range for n_layers {n} (allowed -{n}..{n - 1})"
+        return None
+
+    def selects(self, index: int, n_layers: int) -> bool:
+        """Whether layer ``index`` (0-based) is selected in a stack of ``n_layers``."""
+        sel = self.select
+        if sel == "all":
+            return True
+        if sel == "odd":
+            return index % 2 == 1
+        if sel == "even":
+            return index % 2 == 0
+        if isinstance(sel, int):
+            return index == sel % n_layers
+        if isinstance(sel, list):
+            return any(index == i % n_layers for i in sel)
+        stop = n_layers if sel.stop is None else sel.stop
+        return sel.start <= index < stop and (index - sel.start) % sel.step == 0
+
+
+class ModelSpec(SpecModel):
+    """Fields shared by every architecture."""
+
+    arch: str
+    name: str = Field("model", description="A label for the model.")
+    extends: str | None = Field(
+        None, description="A shipped preset name, or a spec file relative to this one, to start from."
+    )
+    vocab_size: PositiveInt
+    max_seq_len: PositiveInt = Field(2048, description="Longest sequence the model is built for.")
+    d_model: PositiveInt
+    n_layers: PositiveInt
+    n_heads: PositiveInt
+    n_kv_heads: PositiveInt | None = Field(None, description="Key/value heads (GQA); default n_heads.")
+    head_dim: PositiveInt | None = Field(None, description="Default d_model // n_heads.")
+    position: Slot["position"] = Field("learned", description="Positional scheme.")
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    block: BlockSpec = Field(default_factory=BlockSpec)
+    layers: list[LayerOverride] = Field(
+        default_factory=list, description="Per-layer overrides, applied in order."
+    )
+    final_norm: bool | None = Field(
+        None, description="Norm after the last block; default on unless layout is post_norm."
+    )
+    head: Any = None
+    init_std: float = Field(0.02, gt=0, description="Std of the normal weight initialisation.")
+
+    default_mask: ClassVar[str] = "none"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    def block_for(self, index: int) -> BlockSpec:
+        """The block of layer ``index`` with every override applied, mask defaulted."""
+        block = self.block
+        for override in self.layers:
+            if not override.selects(index, self.n_layers):
+                continue
+            changes = {
+                k: getattr(override, k)
+                for k in ("layout", "norm", "ffn", "dropout")
+                if getattr(override, k) is not None
+            }
+            if override.attention is not None:
+                att = {k: v for k, v in override.attention if v is not None}
+                changes["attention"] = block.attention.model_copy(update=att)
+            block = block.model_copy(update=changes)
+        if block.attention.mask is None:
+            # Validated through the (registry-specialized) attention model, like a spec value.
+            mask = type(block.attention).model_validate({"mask": self.default_mask}).mask
+            attention = block.attention.model_copy(update={"mask": mask})
+            block = block.model_copy(update={"attention": attention})
+        return block
+
+    @property
+    def use_final_norm(self) -> bool:
+        if self.final_norm is not None:
+            return self.final_norm
+        return self.block.layout != "post_norm"
+
+    def to_yaml(self) -> str:
+        """This spec as YAML; ``load_spec(spec.to_yaml())`` gives an equal spec."""
+        from txblocks.spec.io import dump_yaml
+
+        return dump_yaml(self)
+
+
+class DecoderSpec(ModelSpec):
+    """A decoder-only language model (GPT-2, Llama, Mistral)."""
+
+    arch: Literal["decoder"]
+    head: Slot["head"] | None = Field("lm", description="Output head; null for hidden states only.")
+    default_mask: ClassVar[str] = "causal"
+
+
+class EncoderSpec(ModelSpec):
+    """A bidirectional encoder (BERT, RoBERTa)."""
+
+    arch: Literal["encoder"]
+    head: Slot["head"] | None = Field(None, description="Output head; null for hidden states only.")

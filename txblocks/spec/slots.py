@@ -1,0 +1,108 @@
+"""Rewriting spec annotations: component slots become the registry's unions."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, Field, create_model
+from pydantic.fields import FieldInfo
+
+from txblocks.registry import slot_kind
+
+__all__ = ["Slot", "SlotMarker", "specialize", "specialized_fields"]
+
+
+@dataclass(frozen=True)
+class SlotMarker:
+    """Annotation metadata: this field holds a component of ``kind``."""
+
+    kind: str
+
+
+class Slot:
+    """``Slot["norm"]`` annotates a spec field that holds a registered ``norm``."""
+
+    def __class_getitem__(cls, kind: str) -> Any:
+        return Annotated[Any, SlotMarker(kind)]
+
+
+def _rewrite(annotation: Any, unions: dict[str, Any], cache: dict[type, type]) -> Any:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *meta = get_args(annotation)
+        for item in meta:
+            if isinstance(item, SlotMarker):
+                return unions.get(item.kind, Any)
+        return Annotated[(_rewrite(base, unions, cache), *meta)]  # type: ignore[misc]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return specialize(annotation, unions, cache)
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_rewrite(a, unions, cache) for a in get_args(annotation))]  # noqa: UP007
+    if origin in (list, tuple, dict):
+        return origin[tuple(_rewrite(a, unions, cache) for a in get_args(annotation))]
+    if origin is Literal:
+        return annotation
+    return annotation
+
+
+def _needs_rewrite(annotation: Any) -> bool:
+    if get_origin(annotation) is Annotated and any(
+        isinstance(m, SlotMarker) for m in get_args(annotation)[1:]
+    ):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_needs_rewrite(a) for a in get_args(annotation))
+
+
+def specialize(model: type[BaseModel], unions: dict[str, Any], cache: dict[type, type]) -> type:
+    """A subclass of ``model`` whose slots accept the components in ``unions``.
+
+    Nested spec models are specialized too; ``cache`` keeps one class per model.
+    """
+    if model in cache:
+        return cache[model]
+    fields = specialized_fields(model, unions, cache)
+    if not fields:
+        cache[model] = model
+        return model
+    special = create_model(  # type: ignore[call-overload]
+        model.__name__, __base__=model, __module__=model.__module__, __doc__=model.__doc__, **fields
+    )
+    cache[model] = special
+    return special
+
+
+def specialized_fields(
+    model: type[BaseModel], unions: dict[str, Any], cache: dict[type, type]
+) -> dict[str, Any]:
+    """``create_model`` field definitions for the fields of ``model`` that need rewriting."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        kind = slot_kind(info) or next(
+            (m.kind for m in info.metadata if isinstance(m, SlotMarker)), None
+        )
+        if kind is not None:
+            annotation = unions.get(kind, Any)
+        elif _needs_rewrite(info.annotation):
+            annotation = _rewrite(info.annotation, unions, cache)
+        else:
+            continue
+        fields[name] = (annotation, _copy_field(info, annotation))
+    return fields
+
+
+def _copy_field(info: FieldInfo, annotation: Any) -> Any:
+    kwargs: dict[str, Any] = {
+        "description": info.description,
+        "json_schema_extra": info.json_schema_extra,
+        "validate_default": True,
+    }
+    factory = info.default_factory
+    if isinstance(factory, type) and issubclass(factory, BaseModel) and isinstance(annotation, type):
+        factory = annotation  # the specialized model builds the default
+    if factory is not None:
+        return Field(default_factory=factory, **kwargs)
+    return Field(info.default, **kwargs)
