@@ -72,7 +72,8 @@ def cmd_summary(args: argparse.Namespace, console: Console) -> int:
         for column in ("layer", "layout", "kernel", "mask", "ffn", "params"):
             table.add_column(column, justify="right" if column in ("layer", "params") else "left")
         for row in summary.layers:
-            table.add_row(str(row.index), row.layout, row.kernel, row.mask, row.ffn, _human(row.parameters))
+            layer = f"{row.stack} {row.index}".strip()
+            table.add_row(layer, row.layout, row.kernel, row.mask, row.ffn, _human(row.parameters))
         console.print(table)
         console.print(
             f"parameters {summary.parameters:,} ({_human(summary.parameters)}), "

@@ -8,14 +8,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from txblocks.build import build
-from txblocks.nn.model import TransformerModel
-from txblocks.spec.models import ModelSpec
+from txblocks.nn.model import Seq2SeqModel
+from txblocks.spec.models import ModelSpec, Seq2SeqSpec, VitSpec
 
 __all__ = ["LayerRow", "ModelSummary", "summarize"]
 
 
 @dataclass(frozen=True)
 class LayerRow:
+    stack: str
     index: int
     layout: str
     kernel: str
@@ -46,28 +47,47 @@ def _describe(config: object) -> str:
     return f"{name}({extra})" if extra else name
 
 
-def summarize(spec: ModelSpec, *, seq_len: int = 128, model: TransformerModel | None = None) -> ModelSummary:
-    """Build ``spec`` (unless ``model`` is given) and measure one batch-1 forward of ``seq_len``.
+def _stacks(model: torch.nn.Module) -> dict[str, torch.nn.ModuleList]:
+    if isinstance(model, Seq2SeqModel):
+        return {"encoder": model.encoder.blocks, "decoder": model.decoder.blocks}
+    return {"": model.blocks}  # type: ignore[dict-item]
+
+
+def _example_input(spec: ModelSpec, seq_len: int) -> dict[str, torch.Tensor]:
+    if isinstance(spec, VitSpec):
+        return {"pixel_values": torch.randn(1, spec.channels, *spec.image_hw)}
+    ids = torch.randint(0, spec.vocab, (1, seq_len))
+    if isinstance(spec, Seq2SeqSpec):
+        return {"input_ids": ids, "decoder_input_ids": ids}
+    return {"input_ids": ids}
+
+
+def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | None = None) -> ModelSummary:
+    """Build ``spec`` (unless ``model`` is given) and measure one batch-1 forward of ``seq_len``
+    tokens (both stacks of a seq2seq model; one image of ``image_size`` for a ViT).
 
     FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products
     and attention; elementwise work is not counted).
     """
     model = model if model is not None else build(spec)
     seq_len = min(seq_len, spec.max_seq_len)
+    if isinstance(spec, VitSpec):
+        (h, w), (ph, pw) = spec.image_hw, spec.patch_hw
+        seq_len = (h // ph) * (w // pw) + int(spec.class_token) + spec.register_tokens
     rows = []
-    for i, block in enumerate(model.blocks):
-        bspec = spec.block_for(i)
-        rows.append(
-            LayerRow(
-                i, bspec.layout, bspec.attention.kernel.type, _describe(bspec.attention.mask),
-                _describe(bspec.ffn), _count(block),
+    for stack, blocks in _stacks(model).items():
+        for i, block in enumerate(blocks):
+            bspec = spec.block_for(i, stack or None)  # type: ignore[arg-type]
+            rows.append(
+                LayerRow(
+                    stack, i, bspec.layout, bspec.attention.kernel.type,
+                    _describe(bspec.attention.mask), _describe(bspec.ffn), _count(block),
+                )
             )
-        )
-    ids = torch.randint(0, spec.vocab_size, (1, seq_len))
     counter = FlopCounterMode(display=False)
     model.eval()
     with torch.no_grad(), counter:
-        model(ids)
+        model(**_example_input(spec, seq_len))
     unique = {id(p): p for p in model.parameters()}.values()
     return ModelSummary(
         name=spec.name,

@@ -25,13 +25,27 @@ def _tiny(registry, **changes):
 def test_example_builds_and_runs(registry, gen, path):
     spec = txblocks.load_spec(path, registry=registry)
     model = txblocks.build(spec).eval()
+    if spec.arch == "vit":
+        with torch.no_grad():
+            out = model(torch.randn(2, spec.channels, *spec.image_hw, generator=gen))
+        n_tokens = (spec.image_hw[0] // spec.patch_hw[0]) * (spec.image_hw[1] // spec.patch_hw[1])
+        assert out.last_hidden_state.shape == (2, n_tokens + spec.class_token, spec.d_model)
+        assert out.logits.shape == (2, spec.head.n_classes)
+        assert len(model.blocks) == spec.n_layers
+        return
     ids = torch.randint(0, spec.vocab_size, (2, 9), generator=gen)
+    mask = torch.ones_like(ids)
     with torch.no_grad():
-        out = model(ids, attention_mask=torch.ones_like(ids))
+        if spec.arch == "seq2seq":
+            out = model(ids, mask, decoder_input_ids=ids[:, :9], decoder_attention_mask=mask)
+            assert len(model.encoder.blocks) == spec.n_layers
+            assert out.encoder_last_hidden_state.shape == (2, 9, spec.d_model)
+        else:
+            out = model(ids, attention_mask=mask)
+            assert len(model.blocks) == spec.n_layers
     assert out.last_hidden_state.shape == (2, 9, spec.d_model)
     assert out.logits is not None and out.logits.shape == (2, 9, spec.vocab_size)
     assert torch.isfinite(out.logits).all()
-    assert len(model.blocks) == spec.n_layers
 
 
 def test_right_padding_does_not_change_real_positions(registry, gen):

@@ -15,11 +15,11 @@ from txblocks import SpecError, load_spec
 from txblocks.attention.strategies import CausalStrategy, SlidingWindowStrategy
 from txblocks.nn.ffn import GLU, MLP
 from txblocks.nn.norms import RMSNorm
-from txblocks.spec import DecoderSpec, EncoderSpec, preset_names
+from txblocks.spec import DecoderSpec, EncoderSpec, Seq2SeqSpec, VitSpec, preset_names
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "specs"
 SPECS = sorted(EXAMPLES.glob("*.yaml"))
-ARCHS = {"decoder": DecoderSpec, "encoder": EncoderSpec}
+ARCHS = {"decoder": DecoderSpec, "encoder": EncoderSpec, "seq2seq": Seq2SeqSpec, "vit": VitSpec}
 
 
 def tiny(**changes: Any) -> dict[str, Any]:

@@ -8,13 +8,14 @@ from txblocks.components import (
     ffn,
     heads,
     masks,
+    moe,
     norms,
     positions,
 )
 from txblocks.hookspecs import hookimpl
 from txblocks.registry import Registry
 
-_MODULES = (activations, norms, ffn, attention, masks, positions, heads)
+_MODULES = (activations, norms, ffn, attention, masks, positions, heads, moe)
 
 
 @hookimpl

@@ -17,6 +17,9 @@ class LMHeadConfig(ComponentConfig):
 
     tie_embeddings: bool = Field(True, description="Share the token embedding matrix.")
     bias: bool = False
+    scale: float | Literal["rsqrt_d_model"] | None = Field(
+        None, description="Multiply hidden states first; T5 uses rsqrt_d_model with tied embeddings."
+    )
 
 
 class MLMHeadConfig(ComponentConfig):
@@ -47,7 +50,8 @@ class TokenClassifierConfig(ComponentConfig):
 def lm(dims: ModelDims, embedding: nn.Embedding, config: LMHeadConfig) -> LMHead:
     """Vocabulary logits, optionally tied to the token embeddings."""
     tied = embedding if config.tie_embeddings else None
-    return LMHead(dims.d_model, dims.vocab_size, bias=config.bias, tied=tied)
+    scale = dims.d_model**-0.5 if config.scale == "rsqrt_d_model" else config.scale
+    return LMHead(dims.d_model, dims.vocab_size, bias=config.bias, tied=tied, scale=scale)
 
 
 def mlm(dims: ModelDims, embedding: nn.Embedding, config: MLMHeadConfig) -> MLMHead:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from txblocks.attention.kernel import AttentionKernel
 from txblocks.attention.mask import AttentionMask
+from txblocks.nn.cache import CrossCache, LayerCache
 
 Rotate = Callable[[Tensor], Tensor]
 
@@ -69,25 +70,50 @@ class Attention(nn.Module):
         self.scale = scale if scale is not None else head_dim**-0.5
         self.dropout = dropout
 
+    def _heads(self, t: Tensor) -> Tensor:
+        return rearrange(t, "b t (h d) -> b t h d", d=self.head_dim)
+
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T, C) -> q (B, T, H, D), k and v (B, T, Hkv, D)."""
         if hasattr(self, "qkv"):
             q, k, v = self.qkv(x).split(self.sizes, dim=-1)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
-        d = self.head_dim
-        return (
-            rearrange(q, "b t (h d) -> b t h d", d=d),
-            rearrange(k, "b t (h d) -> b t h d", d=d),
-            rearrange(v, "b t (h d) -> b t h d", d=d),
-        )
+        return self._heads(q), self._heads(k), self._heads(v)
 
-    def forward(self, x: Tensor, mask: AttentionMask, rotate: Rotate | None = None) -> Tensor:
-        q, k, v = self.project(x)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rotate is not None:
-            q, k = rotate(q), rotate(k)
+    def _cross_kv(self, context: Tensor, cache: CrossCache | None) -> tuple[Tensor, Tensor]:
+        if cache is not None and cache.k is not None and cache.v is not None:
+            return cache.k, cache.v
+        k, v = self._heads(self.k(context)), self._heads(self.v(context))
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if cache is not None:
+            cache.k, cache.v = k, v
+        return k, v
+
+    def forward(self, x: Tensor, mask: AttentionMask, rotate: Rotate | None = None,
+                context: Tensor | None = None,
+                cache: LayerCache | CrossCache | None = None) -> Tensor:
+        """Self-attention over ``x`` (B, T, C), or cross-attention to ``context`` (B, S, C).
+
+        ``cache`` holds the keys and values of earlier steps (a :class:`LayerCache`) or,
+        for cross-attention, the encoder's keys and values (a :class:`CrossCache`).
+        """
+        if context is not None:
+            if hasattr(self, "qkv"):
+                raise ValueError("cross-attention needs separate q/k/v projections (fused_qkv=False)")
+            q = self._heads(self.q(x))
+            if self.q_norm is not None:
+                q = self.q_norm(q)
+            k, v = self._cross_kv(context, cache if isinstance(cache, CrossCache) else None)
+        else:
+            q, k, v = self.project(x)
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rotate is not None:
+                q, k = rotate(q), rotate(k)
+            if isinstance(cache, LayerCache):
+                k, v = cache.append(k, v)
         o = self.kernel(
             q, k, v, mask,
             scale=self.scale,

@@ -14,13 +14,16 @@ class LMHead(nn.Module):
     """Projects hidden states to vocabulary logits; ``weight`` may be the embedding's."""
 
     def __init__(self, dim: int, vocab_size: int, *, bias: bool = False,
-                 tied: nn.Embedding | None = None) -> None:
+                 tied: nn.Embedding | None = None, scale: float | None = None) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, vocab_size, bias=bias)
         if tied is not None:
             self.proj.weight = tied.weight
+        self.scale = scale
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if self.scale is not None:
+            hidden = hidden * self.scale
         return self.proj(hidden)  # (B, T, C) -> (B, T, V)
 
 

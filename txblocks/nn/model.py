@@ -1,6 +1,6 @@
-"""Encoder and decoder stacks: embeddings, blocks, final norm, head.
+"""Stacks of blocks, and the encoder / decoder / encoder–decoder models built from them.
 
-Shapes: B batch, T time, C d_model, V vocabulary.
+Shapes: B batch, T time, S encoder time, C d_model, V vocabulary.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from txblocks.attention.mask import AttentionMask
-from txblocks.attention.strategies import MaskStrategy
+from txblocks.attention.strategies import FullStrategy, MaskStrategy
 from txblocks.nn.block import TransformerBlock, sum_aux
+from txblocks.nn.cache import CrossCache, KVCache, LayerCache
 from txblocks.nn.embeddings import Embeddings
 from txblocks.nn.positional import PositionalScheme
 
@@ -23,31 +24,46 @@ class ModelOutput:
     """What a forward returns.
 
     Attributes:
-        last_hidden_state: (B, T, C) after the final norm.
+        last_hidden_state: (B, T, C) after the final norm (the decoder's, for seq2seq).
         logits: the head's output ((B, T, V) for language models), or None without a head.
         aux_loss: the sum of auxiliary losses (MoE load balancing), or None.
+        encoder_last_hidden_state: (B, S, C), seq2seq models only.
+        cache: the key/value cache passed in, updated with this call's tokens.
     """
 
     last_hidden_state: Tensor
     logits: Tensor | None = None
     aux_loss: Tensor | None = None
+    encoder_last_hidden_state: Tensor | None = None
+    cache: KVCache | None = None
 
 
-class TransformerModel(nn.Module):
-    """A stack of Transformer blocks between embeddings and a head.
+def _check_ids(input_ids: Tensor, attention_mask: Tensor | None, what: str = "input_ids",
+               mask_name: str = "attention_mask") -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"{what} must be (batch, time), got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"{mask_name} has shape {tuple(attention_mask.shape)}, {what} "
+            f"{tuple(input_ids.shape)}: they must match"
+        )
+
+
+class TransformerStack(nn.Module):
+    """Embeddings, blocks and a final norm: the body of every model.
 
     Args:
-        embeddings: token (and segment) embeddings.
+        embeddings: token (and segment) embeddings, or None when the caller passes
+            ``inputs_embeds`` (ViT patches).
         position: the positional scheme, shared by every block.
         blocks: the blocks, in order.
         masks: one mask strategy per block (layers may differ: local/global stacks).
         final_norm: a norm after the last block, or None.
-        head: the output head, or None.
     """
 
-    def __init__(self, embeddings: Embeddings, position: PositionalScheme,
+    def __init__(self, embeddings: Embeddings | None, position: PositionalScheme,
                  blocks: list[TransformerBlock], masks: list[MaskStrategy],
-                 final_norm: nn.Module | None = None, head: nn.Module | None = None) -> None:
+                 final_norm: nn.Module | None = None) -> None:
         super().__init__()
         if len(masks) != len(blocks):
             raise ValueError(f"got {len(masks)} mask strategies for {len(blocks)} blocks")
@@ -56,54 +72,105 @@ class TransformerModel(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.masks = list(masks)
         self.final_norm = final_norm
-        self.head = head
-        self.spec: Any = None  # the spec it was built from, set by txblocks.build
+        self._cross = FullStrategy()
 
-    def attention_masks(self, batch: int, length: int, *, device: torch.device, dtype: torch.dtype,
-                        attention_mask: Tensor | None = None, **mask_inputs: Any) -> list[AttentionMask]:
-        """One mask object per block; blocks that share a strategy share the object."""
-        key_padding = attention_mask.bool() if attention_mask is not None else None
-        built: dict[int, AttentionMask] = {}
+    def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
+                  device: torch.device | None = None) -> KVCache:
+        """An empty cache for ``batch`` rows of up to ``max_len`` positions.
+
+        Sliding-window layers keep a buffer of their window only; cross-attention layers
+        get a slot for the encoder's keys and values.
+        """
+        param = next(self.parameters())
+        dtype, device = dtype or param.dtype, device or param.device
+        layers, cross = [], []
+        for block, strategy in zip(self.blocks, self.masks, strict=True):
+            attention = block.attention
+            layers.append(LayerCache(batch, max_len, attention.n_kv_heads, attention.head_dim,
+                                     dtype=dtype, device=device, window=getattr(strategy, "window", None)))
+            if block.cross_attention is not None:
+                cross.append(CrossCache())
+        return KVCache(layers, cross)
+
+    def _padding(self, attention_mask: Tensor | None, cache: KVCache | None, new: int) -> Tensor | None:
+        """Key padding (B, keys so far) from the caller's mask of the new tokens or of all."""
+        padding = attention_mask.bool() if attention_mask is not None else None
+        if cache is None:
+            return padding
+        total = cache.position + new
+        if padding is not None and padding.shape[1] == new and total != new:
+            previous = cache.padding
+            if previous is None:
+                previous = padding.new_ones(padding.shape[0], cache.position)
+            padding = torch.cat([previous, padding], dim=1)
+        elif padding is None and cache.padding is not None:
+            padding = torch.cat([cache.padding, cache.padding.new_ones(cache.padding.shape[0], new)], 1)
+        if padding is not None and padding.shape[1] != total:
+            raise ValueError(
+                f"attention_mask covers {padding.shape[1]} positions; with {cache.position} cached "
+                f"and {new} new tokens it must cover {new} or {total}"
+            )
+        cache.padding = padding
+        return padding
+
+    def attention_masks(self, length: int, *, device: torch.device, dtype: torch.dtype,
+                        attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                        padding: Tensor | None = None, **mask_inputs: Any) -> list[AttentionMask]:
+        """One mask object per block; blocks with the same strategy and key span share it."""
+        if padding is None and attention_mask is not None:
+            padding = attention_mask.bool()
+        position = cache.position if cache is not None else 0
+        built: dict[tuple[int, int, int], AttentionMask] = {}
         out = []
-        for strategy in self.masks:
-            if id(strategy) not in built:
-                mask = strategy(length, length, key_padding=key_padding, **mask_inputs)
-                bias = self.position.attention_bias(length, length, 0, strategy.causal, device, dtype)
-                built[id(strategy)] = mask.with_bias(bias) if bias is not None else mask
-            out.append(built[id(strategy)])
+        for i, strategy in enumerate(self.masks):
+            start, keys = cache.layers[i].span(position, length) if cache is not None else (0, length)
+            key = (id(strategy), start, keys)
+            if key not in built:
+                offset = position - start
+                key_padding = padding[:, start:start + keys] if padding is not None else None
+                mask = strategy(length, keys, key_padding=key_padding, q_offset=offset, **mask_inputs)
+                bias = self.position.attention_bias(length, keys, offset, strategy.causal, device, dtype)
+                built[key] = mask.with_bias(bias) if bias is not None else mask
+            out.append(built[key])
         return out
 
-    def forward(
+    def run(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
+        inputs_embeds: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
         seq_lens: list[list[int]] | None = None,
         prefix_lengths: Tensor | None = None,
-    ) -> ModelOutput:
-        """Run the stack.
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Embed (unless ``inputs_embeds`` is given) and run the blocks: (B, T, C), aux loss.
 
-        Args:
-            input_ids: (B, T) token ids.
-            attention_mask: (B, T), 1 for real tokens and 0 for padding.
-            token_type_ids: (B, T) segment ids, for models with token types.
-            position_ids: (B, T) positions; default 0..T-1.
-            seq_lens: per row, the lengths of packed sequences (``block_diagonal`` masks).
-            prefix_lengths: (B,) bidirectional prefix lengths (``prefix_lm`` masks).
+        With ``cache``, the tokens continue the cached ones: positions start at
+        ``cache.position`` and ``attention_mask`` may cover the new tokens or all of them.
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
-        batch, length = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                f"input_ids {tuple(input_ids.shape)}: they must match"
-            )
+        if inputs_embeds is None:
+            if input_ids is None or self.embeddings is None:
+                raise ValueError("pass input_ids (or inputs_embeds to a stack without embeddings)")
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
+            length, device = input_ids.shape[1], input_ids.device
+        else:
+            length, device = inputs_embeds.shape[1], inputs_embeds.device
+        if cache is None:
+            _check_ids(input_ids if input_ids is not None else inputs_embeds[..., 0], attention_mask)
+        start = cache.position if cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(length, device=input_ids.device)[None]
-        x = self.embeddings(input_ids, self.position.embed(position_ids), token_type_ids)
+            position_ids = torch.arange(start, start + length, device=device)[None]
+        if inputs_embeds is None:
+            x = self.embeddings(input_ids, self.position.embed(position_ids), token_type_ids)  # type: ignore[misc]
+        else:
+            extra = self.position.embed(position_ids)
+            x = inputs_embeds if extra is None else inputs_embeds + extra
         rotary = self.position.rotary(position_ids)
 
         def rotate(t: Tensor) -> Tensor:
@@ -114,13 +181,149 @@ class TransformerModel(nn.Module):
             mask_inputs["seq_lens"] = seq_lens
         if prefix_lengths is not None:
             mask_inputs["prefix_lengths"] = prefix_lengths
-        masks = self.attention_masks(batch, length, device=x.device, dtype=x.dtype,
-                                     attention_mask=attention_mask, **mask_inputs)
+        padding = self._padding(attention_mask, cache, length)
+        masks = self.attention_masks(length, device=x.device, dtype=x.dtype, cache=cache,
+                                     padding=padding, **mask_inputs)
+        cross = None
+        if context is not None:
+            context_padding = context_mask.bool() if context_mask is not None else None
+            cross = self._cross(length, context.shape[1], key_padding=context_padding, q_offset=0)
         aux_losses = []
-        for block, mask in zip(self.blocks, masks, strict=True):
-            x, aux = block(x, mask, rotate if rotary is not None else None)
+        cross_caches = iter(cache.cross) if cache is not None else None
+        for i, (block, mask) in enumerate(zip(self.blocks, masks, strict=True)):
+            layer_cache = cache.layers[i] if cache is not None else None
+            cross_cache = next(cross_caches) if cross_caches and block.cross_attention is not None else None
+            x, aux = block(x, mask, rotate if rotary is not None else None, context, cross,
+                           cache=layer_cache, cross_cache=cross_cache)
             aux_losses.append(aux)
+        if cache is not None:
+            cache.position += length
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = self.head(x, attention_mask) if self.head is not None else None
-        return ModelOutput(last_hidden_state=x, logits=logits, aux_loss=sum_aux(aux_losses, x))
+        return x, sum_aux(aux_losses, x)
+
+
+class TransformerModel(TransformerStack):
+    """An encoder or a decoder: a :class:`TransformerStack` and an optional head."""
+
+    def __init__(self, embeddings: Embeddings, position: PositionalScheme,
+                 blocks: list[TransformerBlock], masks: list[MaskStrategy],
+                 final_norm: nn.Module | None = None, head: nn.Module | None = None) -> None:
+        super().__init__(embeddings, position, blocks, masks, final_norm)
+        self.head = head
+        self.spec: Any = None  # the spec it was built from, set by txblocks.build
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        seq_lens: list[list[int]] | None = None,
+        prefix_lengths: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """Run the model.
+
+        Args:
+            input_ids: (B, T) token ids.
+            attention_mask: (B, T), 1 for real tokens and 0 for padding.
+            token_type_ids: (B, T) segment ids, for models with token types.
+            position_ids: (B, T) positions; default 0..T-1.
+            seq_lens: per row, the lengths of packed sequences (``block_diagonal`` masks).
+            prefix_lengths: (B,) bidirectional prefix lengths (``prefix_lm`` masks).
+            cache: from :meth:`new_cache`; the call continues the cached tokens and
+                the returned ``output.cache`` holds them all (incremental decoding).
+        """
+        x, aux = self.run(input_ids, attention_mask, token_type_ids=token_type_ids,
+                          position_ids=position_ids, seq_lens=seq_lens, prefix_lengths=prefix_lengths,
+                          cache=cache)
+        head_mask = attention_mask if cache is None else None
+        logits = self.head(x, head_mask) if self.head is not None else None
+        return ModelOutput(last_hidden_state=x, logits=logits, aux_loss=aux, cache=cache)
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Tensor:
+        """Generate tokens; see :func:`txblocks.generation.generate` for the settings."""
+        from txblocks.generation import generate
+
+        return generate(self, input_ids, attention_mask, **settings)
+
+    def stream(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Any:
+        """Iterate over generated tokens, (B,) per step; see :func:`txblocks.generation.stream`."""
+        from txblocks.generation import stream
+
+        return stream(self, input_ids, attention_mask, **settings)
+
+
+class Seq2SeqModel(nn.Module):
+    """An encoder–decoder (T5, BART): decoder blocks cross-attend to the encoder output.
+
+    Args:
+        encoder: a stack without cross-attention.
+        decoder: a stack whose blocks have cross-attention.
+        head: the output head over the decoder (an LM head), or None.
+    """
+
+    def __init__(self, encoder: TransformerStack, decoder: TransformerStack,
+                 head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.head = encoder, decoder, head
+        self.spec: Any = None
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The encoder output (B, S, C); pass it back as ``encoder_outputs`` to reuse it."""
+        return self.encoder.run(input_ids, attention_mask)[0]
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        decoder_input_ids: Tensor,
+        decoder_attention_mask: Tensor | None = None,
+        encoder_outputs: Tensor | None = None,
+        decoder_position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """Encode ``input_ids`` (or reuse ``encoder_outputs``), then decode.
+
+        Args:
+            input_ids: (B, S) source tokens; not needed with ``encoder_outputs``.
+            attention_mask: (B, S), 1 for real source tokens; masks cross-attention keys.
+            decoder_input_ids: (B, T) target tokens (shifted right for training).
+            decoder_attention_mask: (B, T), 1 for real target tokens.
+            encoder_outputs: (B, S, C) from :meth:`encode`.
+            cache: from ``model.decoder.new_cache``; cross-attention keys and values are
+                computed on the first call and reused after.
+        """
+        enc_aux = None
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or encoder_outputs")
+            encoder_outputs, enc_aux = self.encoder.run(input_ids, attention_mask)
+        if cache is None:
+            _check_ids(decoder_input_ids, decoder_attention_mask, "decoder_input_ids",
+                       "decoder_attention_mask")
+        x, dec_aux = self.decoder.run(
+            decoder_input_ids, decoder_attention_mask, position_ids=decoder_position_ids,
+            context=encoder_outputs, context_mask=attention_mask, cache=cache,
+        )
+        head_mask = decoder_attention_mask if cache is None else None
+        logits = self.head(x, head_mask) if self.head is not None else None
+        return ModelOutput(
+            last_hidden_state=x, logits=logits, aux_loss=sum_aux([enc_aux, dec_aux], x),
+            encoder_last_hidden_state=encoder_outputs, cache=cache,
+        )
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Tensor:
+        """Generate tokens; see :func:`txblocks.generation.generate` for the settings."""
+        from txblocks.generation import generate
+
+        return generate(self, input_ids, attention_mask, **settings)
+
+    def stream(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Any:
+        """Iterate over generated tokens, (B,) per step; see :func:`txblocks.generation.stream`."""
+        from txblocks.generation import stream
+
+        return stream(self, input_ids, attention_mask, **settings)

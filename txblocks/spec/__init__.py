@@ -9,6 +9,9 @@ from txblocks.spec.models import (
     EncoderSpec,
     LayerOverride,
     ModelSpec,
+    Seq2SeqSpec,
+    TextSpec,
+    VitSpec,
 )
 from txblocks.spec.schema import json_schema, schema_text, spec_models
 from txblocks.spec.slots import Slot
@@ -21,7 +24,10 @@ __all__ = [
     "EncoderSpec",
     "LayerOverride",
     "ModelSpec",
+    "Seq2SeqSpec",
     "Slot",
+    "TextSpec",
+    "VitSpec",
     "dump_yaml",
     "json_schema",
     "load_spec",

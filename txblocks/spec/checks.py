@@ -12,7 +12,7 @@ from txblocks.errors import Problem
 from txblocks.nn.dims import ModelDims
 from txblocks.registry import ComponentConfig
 from txblocks.spec.errors import format_path
-from txblocks.spec.models import ModelSpec
+from txblocks.spec.models import ModelSpec, VitSpec
 
 __all__ = ["check_spec", "dims_of"]
 
@@ -26,7 +26,7 @@ def dims_of(spec: ModelSpec) -> ModelDims:
         head_dim=spec.head_size,
         max_seq_len=spec.max_seq_len,
         n_layers=spec.n_layers,
-        vocab_size=spec.vocab_size,
+        vocab_size=spec.vocab,
     )
 
 
@@ -52,10 +52,31 @@ def _heads(spec: ModelSpec) -> Iterator[Problem]:
 
 
 def _overrides(spec: ModelSpec) -> Iterator[Problem]:
+    stacks = spec.stacks
     for i, override in enumerate(spec.layers):
-        reason = override.out_of_range(spec.n_layers)
-        if reason is not None:
-            yield Problem(f"layers[{i}].select", reason)
+        if override.stack != "both" and override.stack not in stacks:
+            yield Problem(
+                f"layers[{i}].stack",
+                f"{spec.arch} models have no {override.stack} stack; allowed: both, "
+                f"{', '.join(stacks)}",
+            )
+            continue
+        for stack, n_layers in stacks.items():
+            reason = override.out_of_range(n_layers) if override.stack in (stack, "both") else None
+            if reason is not None:
+                where = f" in the {stack}" if len(stacks) > 1 else ""
+                yield Problem(f"layers[{i}].select", reason + where)
+                break
+
+
+def _vit(spec: ModelSpec) -> Iterator[Problem]:
+    if not isinstance(spec, VitSpec):
+        return
+    for axis, size, patch in zip(("height", "width"), spec.image_hw, spec.patch_hw, strict=True):
+        if size % patch:
+            yield Problem("patch_size", f"image {axis} {size} is not divisible by patch {axis} {patch}")
+    if spec.patch_position == "sincos2d" and spec.d_model % 4:
+        yield Problem("patch_position", f"sincos2d needs d_model divisible by 4, got {spec.d_model}")
 
 
 def _components(node: Any, path: list[str | int]) -> Iterator[tuple[list[str | int], ComponentConfig]]:
@@ -71,7 +92,7 @@ def _components(node: Any, path: list[str | int]) -> Iterator[tuple[list[str | i
 
 def check_spec(spec: ModelSpec) -> list[Problem]:
     """Every cross-field problem of a validated spec (empty when it is consistent)."""
-    problems = [*_heads(spec), *_overrides(spec)]
+    problems = [*_heads(spec), *_overrides(spec), *_vit(spec)]
     if problems:
         return problems  # the sizes below would be meaningless
     dims = dims_of(spec)

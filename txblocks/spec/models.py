@@ -21,6 +21,9 @@ __all__ = [
     "EncoderSpec",
     "LayerOverride",
     "ModelSpec",
+    "Seq2SeqSpec",
+    "TextSpec",
+    "VitSpec",
 ]
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -147,6 +150,9 @@ Select = Annotated[
 class LayerOverride(SpecModel):
     """Changes applied to selected layers, in order (hybrid stacks, interleaved MoE)."""
 
+    stack: Literal["encoder", "decoder", "both"] = Field(
+        "both", description="seq2seq: which stack's layers `select` counts (default both)."
+    )
     select: Select = Field(
         ..., description="'all', 'odd', 'even', an index, a list of indices, or {start, stop, step}."
     )
@@ -187,6 +193,9 @@ class LayerOverride(SpecModel):
         return sel.start <= index < stop and (index - sel.start) % sel.step == 0
 
 
+Stack = Literal["encoder", "decoder"]
+
+
 class ModelSpec(SpecModel):
     """Fields shared by every architecture."""
 
@@ -195,15 +204,13 @@ class ModelSpec(SpecModel):
     extends: str | None = Field(
         None, description="A shipped preset name, or a spec file relative to this one, to start from."
     )
-    vocab_size: PositiveInt
     max_seq_len: PositiveInt = Field(2048, description="Longest sequence the model is built for.")
     d_model: PositiveInt
-    n_layers: PositiveInt
+    n_layers: PositiveInt = Field(..., description="Blocks (in the encoder, for seq2seq).")
     n_heads: PositiveInt
     n_kv_heads: PositiveInt | None = Field(None, description="Key/value heads (GQA); default n_heads.")
     head_dim: PositiveInt | None = Field(None, description="Default d_model // n_heads.")
     position: Slot["position"] = Field("learned", description="Positional scheme.")
-    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     block: BlockSpec = Field(default_factory=BlockSpec)
     layers: list[LayerOverride] = Field(
         default_factory=list, description="Per-layer overrides, applied in order."
@@ -214,7 +221,8 @@ class ModelSpec(SpecModel):
     head: Any = None
     init_std: float = Field(0.02, gt=0, description="Std of the normal weight initialisation.")
 
-    default_mask: ClassVar[str] = "none"
+    #: The self-attention mask of each stack when the spec names none.
+    default_masks: ClassVar[dict[str, str]] = {"encoder": "none"}
 
     @property
     def kv_heads(self) -> int:
@@ -224,11 +232,25 @@ class ModelSpec(SpecModel):
     def head_size(self) -> int:
         return self.head_dim or self.d_model // self.n_heads
 
-    def block_for(self, index: int) -> BlockSpec:
-        """The block of layer ``index`` with every override applied, mask defaulted."""
+    @property
+    def vocab(self) -> int:
+        """Tokens in the vocabulary (0 for models that read pixels)."""
+        return 0
+
+    @property
+    def stacks(self) -> dict[Stack, int]:
+        """Layers per stack, e.g. ``{"decoder": 12}``."""
+        return {next(iter(self.default_masks)): self.n_layers}  # type: ignore[dict-item]
+
+    def block_for(self, index: int, stack: Stack | None = None) -> BlockSpec:
+        """The block of layer ``index`` of ``stack`` with every override applied, mask defaulted."""
+        stack = stack or next(iter(self.stacks))
+        n_layers = self.stacks[stack]
         block = self.block
+        if stack == "decoder" and "encoder" in self.stacks:  # seq2seq: block.attention.mask is the encoder's
+            block = block.model_copy(update={"attention": block.attention.model_copy(update={"mask": None})})
         for override in self.layers:
-            if not override.selects(index, self.n_layers):
+            if override.stack not in (stack, "both") or not override.selects(index, n_layers):
                 continue
             changes = {
                 k: getattr(override, k)
@@ -241,7 +263,8 @@ class ModelSpec(SpecModel):
             block = block.model_copy(update=changes)
         if block.attention.mask is None:
             # Validated through the (registry-specialized) attention model, like a spec value.
-            mask = type(block.attention).model_validate({"mask": self.default_mask}).mask
+            default = self.default_masks[stack]
+            mask = type(block.attention).model_validate({"mask": default}).mask
             attention = block.attention.model_copy(update={"mask": mask})
             block = block.model_copy(update={"attention": attention})
         return block
@@ -259,16 +282,87 @@ class ModelSpec(SpecModel):
         return dump_yaml(self)
 
 
-class DecoderSpec(ModelSpec):
+class TextSpec(ModelSpec):
+    """Fields of the models that read tokens."""
+
+    vocab_size: PositiveInt
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size
+
+
+class DecoderSpec(TextSpec):
     """A decoder-only language model (GPT-2, Llama, Mistral)."""
 
     arch: Literal["decoder"]
     head: Slot["head"] | None = Field("lm", description="Output head; null for hidden states only.")
-    default_mask: ClassVar[str] = "causal"
+    default_masks: ClassVar[dict[str, str]] = {"decoder": "causal"}
 
 
-class EncoderSpec(ModelSpec):
+class EncoderSpec(TextSpec):
     """A bidirectional encoder (BERT, RoBERTa)."""
 
     arch: Literal["encoder"]
     head: Slot["head"] | None = Field(None, description="Output head; null for hidden states only.")
+
+
+class Seq2SeqSpec(TextSpec):
+    """An encoder–decoder (T5, BART, the original Transformer).
+
+    ``block`` describes both stacks; its attention mask is the encoder's (default none),
+    the decoder's self-attention is causal. Overrides pick a stack with ``stack:``.
+    """
+
+    arch: Literal["seq2seq"]
+    decoder_layers: PositiveInt | None = Field(None, description="Decoder blocks; default n_layers.")
+    cross_attention: AttentionOverride | None = Field(  # type: ignore[valid-type]
+        None, description="Cross-attention fields that differ from block.attention (mask is ignored)."
+    )
+    shared_embeddings: bool = Field(True, description="Encoder and decoder share the token table.")
+    head: Slot["head"] | None = Field("lm", description="Output head over the decoder.")
+    default_masks: ClassVar[dict[str, str]] = {"encoder": "none", "decoder": "causal"}
+
+    @property
+    def stacks(self) -> dict[Stack, int]:
+        return {"encoder": self.n_layers, "decoder": self.decoder_layers or self.n_layers}
+
+    def cross_attention_for(self, index: int) -> AttentionSpec:
+        """Decoder layer ``index``'s cross-attention: its self-attention plus ``cross_attention``."""
+        attention = self.block_for(index, "decoder").attention
+        changes = {k: v for k, v in (self.cross_attention or {}) if v is not None}
+        changes["mask"] = type(attention).model_validate({"mask": "none"}).mask
+        return attention.model_copy(update=changes)
+
+
+Pair = Annotated[tuple[PositiveInt, PositiveInt], Field(description="(height, width)")]
+
+
+class VitSpec(ModelSpec):
+    """A Vision Transformer (Dosovitskiy et al. 2021): an encoder over image patches."""
+
+    arch: Literal["vit"]
+    image_size: PositiveInt | Pair = Field(224, description="Pixels; an int or [height, width].")
+    patch_size: PositiveInt | Pair = Field(16, description="Pixels per patch; an int or [height, width].")
+    channels: PositiveInt = 3
+    class_token: bool = Field(True, description="Prepend a learned [CLS] token.")
+    register_tokens: int = Field(0, ge=0, description="Learned register tokens (Darcet et al. 2024).")
+    patch_position: Literal["learned", "sincos2d", "none"] = Field(
+        "learned", description="Absolute positions of patches: learned, or fixed 2-D sin-cos."
+    )
+    position: Slot["position"] = Field("none", description="A positional scheme inside attention.")
+    embedding_dropout: Probability = 0.0
+    head: Slot["head"] | None = Field(None, description="e.g. {type: classifier, n_classes: 1000}.")
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return _pair(self.image_size)
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return _pair(self.patch_size)
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])

@@ -10,13 +10,18 @@ from pydantic import Field, TypeAdapter
 
 from txblocks.registry import Registry
 from txblocks.spec.components import unions_for
-from txblocks.spec.models import DecoderSpec, EncoderSpec, ModelSpec
+from txblocks.spec.models import DecoderSpec, EncoderSpec, ModelSpec, Seq2SeqSpec, VitSpec
 from txblocks.spec.slots import specialize
 
 __all__ = ["ARCHS", "SpecModels", "json_schema", "spec_models"]
 
 #: Architectures by their ``arch`` tag; seq2seq and vit join this table.
-ARCHS: dict[str, type[ModelSpec]] = {"decoder": DecoderSpec, "encoder": EncoderSpec}
+ARCHS: dict[str, type[ModelSpec]] = {
+    "decoder": DecoderSpec,
+    "encoder": EncoderSpec,
+    "seq2seq": Seq2SeqSpec,
+    "vit": VitSpec,
+}
 
 SCHEMA_ID = "https://txblocks.dev/schemas/model.schema.json"
 

@@ -1,0 +1,110 @@
+"""Greedy, sampling and beam-search decoding over a session with a KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from txblocks.generation.config import GenerationConfig, process_logits, sample_filter
+from txblocks.generation.sessions import DecoderSession, Seq2SeqSession
+from txblocks.nn.model import Seq2SeqModel, TransformerModel
+
+__all__ = ["generate", "stream"]
+
+Session = DecoderSession | Seq2SeqSession
+
+
+def _session(model: Any, input_ids: Tensor, attention_mask: Tensor | None,
+             config: GenerationConfig, expand: int = 1) -> Session:
+    if isinstance(model, Seq2SeqModel):
+        start = config.decoder_start_token_id
+        start = config.pad_token_id if start is None else start
+        return Seq2SeqSession(model, input_ids, attention_mask, config.max_new_tokens, start, expand)
+    if isinstance(model, TransformerModel):
+        if model.spec is not None and getattr(model.spec, "arch", "decoder") != "decoder":
+            raise ValueError(f"generate needs a decoder or seq2seq model, not {model.spec.arch}")
+        return DecoderSession(model, input_ids, attention_mask, config.max_new_tokens, expand)
+    raise TypeError(f"cannot generate with {type(model).__name__}")
+
+
+def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> Tensor:
+    if not config.do_sample:
+        return logits.argmax(-1)
+    probs = sample_filter(logits, config).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def stream(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
+           **settings: Any) -> Iterator[Tensor]:
+    """Yield the next token of every row, (B,), one step at a time.
+
+    Rows that produced an end-of-sequence id yield ``pad_token_id`` afterwards; the
+    stream stops when every row has finished or after ``max_new_tokens``.
+    Accepts the fields of :class:`GenerationConfig` as keywords (not beam search).
+    """
+    config = GenerationConfig(**settings)
+    if config.num_beams > 1:
+        raise ValueError("stream does not do beam search; use generate(num_beams=...)")
+    was_training = model.training
+    model.eval()
+    try:
+        session = _session(model, input_ids, attention_mask, config)
+        generator = config.make_generator(input_ids.device)
+        tokens = session.prompt
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        eos = torch.tensor(config.eos_token_id, device=tokens.device, dtype=torch.long)
+        logits = session.prefill()
+        for step in range(config.max_new_tokens):
+            scores = process_logits(logits, tokens, config, step)
+            nxt = _choose(scores, config, generator)
+            nxt = torch.where(finished, config.pad_token_id, nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            yield nxt
+            if eos.numel():
+                finished |= torch.isin(nxt, eos)
+            if finished.all() or step + 1 == config.max_new_tokens:
+                return
+            logits = session.step(nxt)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
+             **settings: Any) -> Tensor:
+    """Generate continuations.
+
+    Args:
+        model: a decoder (``TransformerModel`` with an lm head) or a seq2seq model.
+        input_ids: (B, T) prompts, left-padded in a batch (decoders) or sources (seq2seq).
+        attention_mask: (B, T), 0 on padding.
+        **settings: fields of :class:`GenerationConfig` (``max_new_tokens``,
+            ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``,
+            ``min_new_tokens``, ``eos_token_id``, ``pad_token_id``, ``num_beams``,
+            ``length_penalty``, ``seed`` / ``generator``, ``decoder_start_token_id``).
+
+    Returns:
+        Decoders: (B, T + new) prompt and continuation. Seq2seq: (B, 1 + new) decoder
+        tokens starting with the start token. Finished rows are padded with ``pad_token_id``.
+    """
+    config = GenerationConfig(**settings)
+    if config.num_beams > 1:
+        from txblocks.generation.beam import beam_search
+
+        was_training = model.training
+        model.eval()
+        try:
+            session = _session(model, input_ids, attention_mask, config, expand=config.num_beams)
+            return beam_search(session, config)
+        finally:
+            model.train(was_training)
+    prompt = input_ids
+    if isinstance(model, Seq2SeqModel):
+        start = config.pad_token_id if config.decoder_start_token_id is None else config.decoder_start_token_id
+        prompt = torch.full((input_ids.shape[0], 1), start, dtype=torch.long, device=input_ids.device)
+    new = list(stream(model, input_ids, attention_mask, **settings))
+    return torch.cat([prompt, torch.stack(new, dim=1)], dim=1)
