@@ -9,6 +9,7 @@ Example::
 """
 
 from txblocks.build import build
+from txblocks.checkpoint import CheckpointError, LoadReport, Mismatch, load, load_weights, save
 from txblocks.errors import (
     BuildError,
     KernelUnavailableError,
@@ -20,7 +21,10 @@ from txblocks.errors import (
 )
 from txblocks.hookspecs import hookimpl
 from txblocks.nn.dims import ModelDims
-from txblocks.nn.model import ModelOutput, TransformerModel
+from txblocks.generation import GenerationConfig
+from txblocks.nn.cache import KVCache
+from txblocks.nn.model import ModelOutput, Seq2SeqModel, TransformerModel
+from txblocks.nn.vit import VisionTransformer
 from txblocks.plugins import default_registry, load_registry
 from txblocks.registry import ComponentConfig, Entry, Owner, Registry, slot
 from txblocks.spec import ModelSpec, Slot, load_spec
@@ -29,6 +33,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BuildError",
+    "CheckpointError",
+    "GenerationConfig",
+    "KVCache",
+    "LoadReport",
+    "Mismatch",
+    "Seq2SeqModel",
+    "VisionTransformer",
+    "load",
+    "load_weights",
+    "save",
     "ComponentConfig",
     "Entry",
     "KernelUnavailableError",

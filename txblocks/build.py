@@ -154,6 +154,17 @@ def init_weights(model: nn.Module, std: float) -> None:
                     nn.init.normal_(param, std=std)
 
 
+def _after_build(model: nn.Module, spec: ModelSpec, registry: Registry | None) -> None:
+    if registry is None:
+        from txblocks.plugins import default_registry
+
+        registry = default_registry()
+    if registry.plugin_manager is not None:
+        registry.plugin_manager.hook.txblocks_after_build(model=model, spec=spec)
+    elif spec.adapters:
+        raise BuildError("adapters: this registry has no plugin manager to apply them; use load_registry()")
+
+
 def build(
     spec: Any,
     *,
@@ -185,6 +196,7 @@ def build(
         model = _build(spec, dims_of(spec), device)
     init_weights(model, spec.init_std)
     model.spec = spec
+    _after_build(model, spec, registry)
     if dtype is not None:
         model.to(dtype=dtype)
     return model

@@ -1,4 +1,4 @@
-"""The ``txblocks`` command line: list, validate, summary, schema."""
+"""The ``txblocks`` command line: list, validate, summary, schema, generate."""
 
 from __future__ import annotations
 
@@ -93,6 +93,42 @@ def cmd_schema(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from txblocks.checkpoint import CheckpointError, load
+    from txblocks.tokenizer import tokenizer_for
+
+    try:
+        model = load(args.checkpoint, device=args.device)
+        tokenizer = tokenizer_for(args.tokenizer)
+    except (CheckpointError, RuntimeError, FileNotFoundError) as exc:
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        return 1
+    vocab = model.spec.vocab
+    if getattr(tokenizer, "vocab_size", 0) > vocab:
+        console.print(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {vocab}; "
+                      "pass --tokenizer with a matching tokenizer.json", markup=False)
+        return 1
+    ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
+    settings = {
+        "max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,
+        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+        "seed": args.seed, "eos_token_id": args.eos,
+    }
+    sys.stdout.write(args.prompt if model.spec.arch == "decoder" else "")
+    new: list[int] = []
+    printed = ""
+    for token in model.stream(ids, **settings):
+        new.append(int(token[0]))
+        text = tokenizer.decode(new)
+        sys.stdout.write(text[len(printed):])
+        sys.stdout.flush()
+        printed = text
+    sys.stdout.write("\n")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="txblocks", description="Transformer building blocks from a spec.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -107,6 +143,19 @@ def parser() -> argparse.ArgumentParser:
     su.add_argument("specs", nargs="+")
     su.add_argument("--seq-len", type=int, default=128, help="tokens in the measured forward")
     su.set_defaults(run=cmd_summary)
+    ge = sub.add_parser("generate", help="continue a prompt with a saved model (txblocks.save)")
+    ge.add_argument("checkpoint", help="a .safetensors file written by txblocks.save")
+    ge.add_argument("--prompt", required=True)
+    ge.add_argument("--max-new-tokens", type=int, default=64)
+    ge.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    ge.add_argument("--temperature", type=float, default=1.0)
+    ge.add_argument("--top-k", type=int)
+    ge.add_argument("--top-p", type=float)
+    ge.add_argument("--seed", type=int)
+    ge.add_argument("--eos", type=int, action="append", help="end-of-sequence id (repeatable)")
+    ge.add_argument("--tokenizer", help="a Hugging Face tokenizer.json (default: UTF-8 bytes)")
+    ge.add_argument("--device", default="cpu")
+    ge.set_defaults(run=cmd_generate)
     sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(run=cmd_schema)

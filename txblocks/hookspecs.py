@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from txblocks.registry import Registry
+    from txblocks.spec.models import ModelSpec
 
 PROJECT = "txblocks"
 
@@ -61,4 +64,21 @@ def txblocks_register(registry: Registry) -> None:
     A config field declared with :func:`txblocks.slot` holds a nested component
     (an ffn's activation, for instance); call ``config.activation.build()`` inside
     the factory to get its module.
+    """
+
+
+@hookspec
+def txblocks_after_build(model: nn.Module, spec: ModelSpec) -> None:
+    """Change a model right after :func:`txblocks.build` assembled and initialised it.
+
+    Called for every plugin of the registry the model was built with, after weight
+    initialisation and before the dtype cast. Adapters use it: a LoRA plugin reads
+    ``spec.adapters`` and wraps the matching linear layers.
+
+    Args:
+        model: the new model (modify it in place).
+        spec: the validated spec it was built from.
+
+    Returns:
+        Nothing; every result is ignored.
     """

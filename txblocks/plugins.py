@@ -104,6 +104,7 @@ def load_registry(
         owners[id(plugin)] = Owner(name)
 
     registry = Registry()
+    registry.plugin_manager = pm
     # pluggy calls implementations last-registered-first; the built-ins must come first.
     for impl in reversed(pm.hook.txblocks_register.get_hookimpls()):
         owner = owners.get(id(impl.plugin), Owner(impl.plugin_name))

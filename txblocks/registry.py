@@ -124,6 +124,8 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {}
         self._owner = Owner("<python>")
         self.version = 0  # bumped on every change; caches of spec models key on it
+        #: The pluggy manager of the plugins that filled this registry (for build-time hooks).
+        self.plugin_manager: Any = None
 
     @contextmanager
     def owned_by(self, owner: Owner) -> Iterator[None]:

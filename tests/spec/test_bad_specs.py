@@ -113,7 +113,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      E("unknown type '3'; allowed: layernorm, rmsnorm")),
     # --- a typo in a field name: did-you-mean -----------------------------------------------
     ("top-level-typo", {"n_head": 4}, "n_head",
-     E("unknown field 'n_head'; allowed fields: arch, block,") + ".*"
+     E("unknown field 'n_head'; allowed fields: adapters, arch, block,") + ".*"
      + E("did you mean 'n_heads'?")),
     ("component-field-typo", {"block__ffn__hiden": 64}, "block.ffn.hiden",
      E("unknown field 'hiden'; allowed fields: activation, bias, dropout, hidden, type; "

@@ -220,6 +220,10 @@ class ModelSpec(SpecModel):
     )
     head: Any = None
     init_std: float = Field(0.02, gt=0, description="Std of the normal weight initialisation.")
+    adapters: list[Slot["adapter"]] = Field(
+        default_factory=list,
+        description="Adapters applied after build by plugins (e.g. {type: lora, rank: 8}).",
+    )
 
     #: The self-attention mask of each stack when the spec names none.
     default_masks: ClassVar[dict[str, str]] = {"encoder": "none"}

@@ -6,7 +6,7 @@ import types
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, PlainValidator, create_model
 from pydantic.fields import FieldInfo
 
 from txblocks.registry import slot_kind
@@ -28,13 +28,30 @@ class Slot:
         return Annotated[Any, SlotMarker(kind)]
 
 
+def _missing(kind: str) -> Any:
+    """A slot of a kind that no installed plugin provides: any value is an error."""
+
+    def reject(value: Any) -> Any:
+        raise ValueError(
+            f"no {kind} component is installed; install a plugin that provides one "
+            f"(`txblocks list` shows what is registered)"
+        )
+
+    return Annotated[Any, PlainValidator(reject, json_schema_input_type=dict[str, Any])]
+
+
+def slot_type(kind: str, unions: dict[str, Any]) -> Any:
+    """The annotation of a slot of ``kind``: the registry's union, or a clear refusal."""
+    return unions[kind] if kind in unions else _missing(kind)
+
+
 def _rewrite(annotation: Any, unions: dict[str, Any], cache: dict[type, type]) -> Any:
     origin = get_origin(annotation)
     if origin is Annotated:
         base, *meta = get_args(annotation)
         for item in meta:
             if isinstance(item, SlotMarker):
-                return unions.get(item.kind, Any)
+                return slot_type(item.kind, unions)
         return Annotated[(_rewrite(base, unions, cache), *meta)]  # type: ignore[misc]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return specialize(annotation, unions, cache)
@@ -85,7 +102,7 @@ def specialized_fields(
             (m.kind for m in info.metadata if isinstance(m, SlotMarker)), None
         )
         if kind is not None:
-            annotation = unions.get(kind, Any)
+            annotation = slot_type(kind, unions)
         elif _needs_rewrite(info.annotation):
             annotation = _rewrite(info.annotation, unions, cache)
         else:

@@ -1,0 +1,299 @@
+"""Safe checkpoints: safetensors files that carry their model's spec. No pickle anywhere.
+
+Header metadata (format 1), besides the caller's string pairs: ``txblocks.format``,
+``txblocks.version``, ``txblocks.spec`` (the validated spec as JSON, every field written out
+and ``extends`` dropped, so later default changes cannot change a saved model) and
+``txblocks.aliases`` (JSON ``{alias: stored name}``: entries that are one tensor, such as a
+tied LM head, are stored once under their first ``state_dict`` name; loading feeds every
+alias). Non-persistent buffers are not in ``state_dict``, so they are not saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from txblocks.build import build
+from txblocks.errors import BuildError, SpecError
+from txblocks.registry import Registry
+from txblocks.spec.io import load_spec
+from txblocks.spec.models import ModelSpec
+
+__all__ = ["FORMAT", "CheckpointError", "LoadReport", "Mismatch", "load", "load_weights", "save"]
+
+FORMAT = 1
+FORMAT_KEY, VERSION_KEY = "txblocks.format", "txblocks.version"
+SPEC_KEY, ALIASES_KEY = "txblocks.spec", "txblocks.aliases"
+_FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+           "BF16": torch.bfloat16}
+PathLike = str | os.PathLike[str]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read; ``problems`` lists every reason at once."""
+
+    def __init__(self, path: PathLike, problems: Sequence[str] | str, *,
+                 action: str = "cannot load", hint: str | None = None) -> None:
+        self.path = str(path)
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        n = len(self.problems)
+        lines = [f"{action} checkpoint {self.path} ({n} problem{'s' if n != 1 else ''}):"]
+        lines += [f"  {p}" for p in self.problems] + ([hint] if hint else [])
+        super().__init__("\n".join(lines))
+
+
+class Mismatch(NamedTuple):
+    """A tensor whose shape in the file differs from the model's."""
+
+    name: str
+    expected: tuple[int, ...]
+    found: tuple[int, ...]
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did not load: model entries with no tensor in the file
+    (``missing``), file tensors no entry takes (``unexpected``), differing shapes (``mismatched``).
+    """
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing missing, unexpected or mismatched."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def problems(self) -> list[str]:
+        return ([f"missing from the file: {n}" for n in self.missing]
+                + [f"unexpected in the file (no such model entry): {n}" for n in self.unexpected]
+                + [f"shape mismatch for {m.name}: the model expects {m.expected}, "
+                   f"the file has {m.found}" for m in self.mismatched])
+
+
+class _Header(NamedTuple):
+    metadata: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]
+    dtype: torch.dtype | None  # of every floating tensor, when they agree
+
+
+def _read_header(path: Path) -> _Header:
+    if not path.is_file():
+        raise CheckpointError(path, "not a file" if path.exists() else "file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            shapes = {n: tuple(s.get_shape()) for n, s in slices.items()}
+            floats = {s.get_dtype() for s in slices.values()} & _FLOATS.keys()
+            dtype = _FLOATS[floats.pop()] if len(floats) == 1 else None
+            return _Header(f.metadata() or {}, shapes, dtype)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            path, f"not a safetensors file, or its header is corrupted: {exc}") from None
+
+
+def _view_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """Equal for two state-dict entries that are the very same tensor (storage and view)."""
+    storage = t.untyped_storage().data_ptr()
+    return (t.device, storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def _plan(model: nn.Module, header: _Header,
+          aliases: Mapping[str, str]) -> tuple[dict[str, str], LoadReport]:
+    """For each model entry, the file tensor that feeds it; and what cannot be loaded."""
+    state = model.state_dict()
+    tied: dict[tuple[Any, ...], list[str]] = {}
+    for name, t in state.items():
+        tied.setdefault(_view_key(t), []).append(name)
+
+    def source(name: str) -> str | None:
+        mates = tied[_view_key(state[name])] if state[name].numel() else []
+        for candidate in (name, *mates):
+            for src in (candidate, aliases.get(candidate)):
+                if src is not None and src in header.shapes:
+                    return src
+        return None
+
+    plan: dict[str, str] = {}
+    report, used = LoadReport(), set()
+    for name, t in state.items():
+        src = source(name)
+        if src is None:
+            report.missing.append(name)
+            continue
+        used.add(src)
+        if tuple(t.shape) != header.shapes[src]:
+            report.mismatched.append(Mismatch(name, tuple(t.shape), header.shapes[src]))
+        else:
+            plan[name] = src
+    report.unexpected = [n for n in header.shapes if n not in state and n not in used]
+    return plan, report
+
+
+def load_weights(model: nn.Module, path: PathLike, *, strict: bool = True) -> LoadReport:
+    """Copy a safetensors file's tensors into ``model`` in place, like ``load_state_dict``.
+
+    Entries that are one tensor in the model (a tied head) need one of their names in the
+    file; dtypes and devices are converted.
+
+    Args:
+        path: any safetensors file, with or without a spec.
+        strict: raise unless every entry matches; ``False`` loads what matches.
+
+    Returns:
+        What was missing, unexpected or of the wrong shape (all empty when ``strict``).
+
+    Raises:
+        CheckpointError: the file is unreadable, or (``strict``) anything does not match:
+            every problem is listed, and the model is left unchanged.
+    """
+    path = Path(path)
+    header, problems, aliases = _read_header(path), [], {}
+    try:
+        aliases = json.loads(header.metadata.get(ALIASES_KEY, "{}"))
+        valid = isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values())
+    except json.JSONDecodeError:
+        valid = False
+    if not valid:  # an alias of a name absent from the file resolves to nothing: missing
+        problems, aliases = [f"{ALIASES_KEY} must be a JSON object mapping names to names"], {}
+    plan, report = _plan(model, header, aliases)
+    if problems or (strict and not report.ok):
+        raise CheckpointError(path, problems + report.problems)
+    # Everything is read before anything is copied: a failed read leaves the model as it was.
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        tensors = {src: f.get_tensor(src) for src in set(plan.values())}
+    with torch.no_grad():  # copy_ converts dtype and device; tied entries get the same tensor
+        model.load_state_dict({name: tensors[src] for name, src in plan.items()}, strict=False)
+    return report
+
+
+def load(path: PathLike, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None, registry: Registry | None = None,
+         strict: bool = True) -> nn.Module:
+    """Rebuild a model written by :func:`save`: the spec from the header, then the weights.
+
+    Args:
+        path: the checkpoint.
+        device: where to build (default CPU).
+        dtype: default the dtype of the saved floating tensors when they agree, else float32.
+        registry: the components the spec may name; default :func:`txblocks.default_registry`.
+        strict: as in :func:`load_weights`; with ``False`` what did not load is warned about.
+
+    Returns:
+        The model :func:`txblocks.build` makes of the spec, in eval mode, ties restored.
+
+    Raises:
+        CheckpointError: every problem with the file, its spec (the :class:`SpecError`, e.g.
+            a component of a plugin not installed here, is the ``__cause__``) or its weights.
+    """
+    path = Path(path)
+    header = _read_header(path)
+    meta, problems = header.metadata, []
+    if SPEC_KEY not in meta:
+        raise CheckpointError(path, f"no {SPEC_KEY} in the header metadata: was it written by "
+                              "txblocks.save? use txblocks.load_weights(model, path) for raw "
+                              "safetensors files")
+    if not (meta.get(FORMAT_KEY, "").isdecimal() and int(meta[FORMAT_KEY]) <= FORMAT):
+        problems.append(f"{FORMAT_KEY} is {meta.get(FORMAT_KEY)!r}; this txblocks reads formats "
+                        f"1 to {FORMAT} (written by a newer txblocks?)")
+    try:
+        data = json.loads(meta[SPEC_KEY])
+    except json.JSONDecodeError as exc:
+        problems.append(f"{SPEC_KEY} is not valid JSON: {exc}")
+    if problems:
+        raise CheckpointError(path, problems)
+    try:
+        spec = load_spec(data, registry=registry)
+        dtype = header.dtype if dtype is None else dtype
+        model = build(spec, device=device, dtype=dtype, registry=registry)
+    except SpecError as exc:
+        raise CheckpointError(path, [f"spec {p}" for p in exc.problems], hint=(
+            "the spec stored in the file does not validate here; a component it names may come "
+            "from a plugin that is not installed (or pass registry=)")) from exc
+    except BuildError as exc:
+        raise CheckpointError(path, f"the spec cannot be built here: {exc}") from exc
+    report = load_weights(model, path, strict=strict)
+    if not report.ok:
+        warnings.warn(f"{path}: loaded with strict=False; " + "; ".join(report.problems),
+                      stacklevel=2)
+    return model.eval()
+
+
+def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """One tensor per storage view, contiguous and on CPU, plus ``{alias: stored name}``."""
+    kept: dict[tuple[Any, ...], str] = {}
+    tensors, aliases = {}, {}
+    for name, t in state.items():
+        key = _view_key(t)
+        if t.numel() and key in kept:
+            aliases[name] = kept[key]
+        else:
+            kept[key] = name
+            tensors[name] = t.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def _write_atomically(path: Path, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> None:
+    """Write next to ``path``, then rename over it: ``path`` is the old file or the new one."""
+    if not path.parent.is_dir():
+        raise CheckpointError(path, f"directory {path.parent} does not exist",
+                              action="cannot save")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode from the umask
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save(model: nn.Module, path: PathLike, *, metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``model`` and its spec to a safetensors file that :func:`load` rebuilds.
+
+    Args:
+        model: a model from :func:`txblocks.build` (it has ``.spec``).
+        path: the file; an existing one is replaced atomically (temp file, then rename).
+        metadata: extra string pairs for the header; keys may not start with ``txblocks.``.
+
+    Raises:
+        CheckpointError: the model has no spec, or the metadata is not str to str.
+    """
+    path = Path(path)
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, ModelSpec):
+        raise CheckpointError(path, (
+            f"{type(model).__name__} has no .spec (not built by txblocks.build), so load could "
+            "not rebuild it; for a raw state dict use safetensors.torch.save_model(model, path) "
+            "and txblocks.load_weights(model, path)"), action="cannot save")
+    header = dict(metadata or {})
+    problems = [f"metadata key {k!r} is reserved (keys starting with 'txblocks.' are ours)"
+                for k in header if isinstance(k, str) and k.startswith("txblocks.")]
+    problems += [f"metadata must map str to str; {k!r}: {v!r} is not"
+                 for k, v in header.items() if not (isinstance(k, str) and isinstance(v, str))]
+    if problems:
+        raise CheckpointError(path, problems, action="cannot save")
+    tensors, aliases = _dedupe(model.state_dict())
+    from txblocks import __version__  # here: txblocks/__init__ imports this module
+
+    header.update({
+        FORMAT_KEY: str(FORMAT), VERSION_KEY: __version__, ALIASES_KEY: json.dumps(aliases),
+        SPEC_KEY: json.dumps(spec.model_dump(mode="json", exclude={"extends"})),
+    })
+    _write_atomically(path, tensors, header)
