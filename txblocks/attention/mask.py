@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -50,6 +50,13 @@ class AttentionMask:
     q_offset: int = None  # type: ignore[assignment]  # set in __post_init__
     key_padding: Tensor | None = None
     bias: Tensor | None = None
+    # Dense forms computed once and shared by every layer that uses this mask object.
+    _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, init=False, repr=False)
+
+    def _cached(self, key: tuple[Any, ...], make: Any) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -97,6 +104,10 @@ class AttentionMask:
 
     def keep(self, device: Device) -> Tensor | None:
         """Bool ``(B|1, 1, Tq, Tk)``: the structure AND the key padding; None allows everything."""
+        return self._cached(("keep", str(device)), lambda: self._keep(device))
+
+    def _keep(self, device: Device) -> Tensor | None:
+        """Uncached :meth:`keep`."""
         keep = self.structure(device)
         keep = None if keep is None else keep[:, None]
         if self.key_padding is not None:
@@ -106,6 +117,10 @@ class AttentionMask:
 
     def empty_rows(self, device: Device) -> Tensor | None:
         """Bool ``(B|1, 1, Tq, 1)``: queries with no allowed key (their output is 0)."""
+        return self._cached(("empty_rows", str(device)), lambda: self._empty_rows(device))
+
+    def _empty_rows(self, device: Device) -> Tensor | None:
+        """Uncached :meth:`empty_rows`."""
         keep = self.keep(device)
         return None if keep is None else ~keep.any(dim=-1, keepdim=True)
 
@@ -115,6 +130,11 @@ class AttentionMask:
         The masked value is finite, so a row with no allowed key still has a
         defined softmax (the kernels then zero it) and finite gradients.
         """
+        return self._cached(("additive", str(dtype), str(device)),
+                            lambda: self._additive(dtype, device))
+
+    def _additive(self, dtype: torch.dtype, device: Device) -> Tensor | None:
+        """Uncached :meth:`additive`."""
         keep = self.keep(device)
         bias = None if self.bias is None else self.bias.to(device=device, dtype=dtype)
         if keep is None:
@@ -130,6 +150,11 @@ class AttentionMask:
         bias); otherwise the additive tensor (finite, so fully masked rows cannot
         produce NaN in any SDPA backend).
         """
+        return self._cached(("sdpa", str(dtype), str(device)),
+                            lambda: self._sdpa(dtype, device))
+
+    def _sdpa(self, dtype: torch.dtype, device: Device) -> tuple[Tensor | None, bool]:
+        """Uncached :meth:`sdpa`."""
         if self.key_padding is None and self.bias is None and self._sdpa_is_causal():
             return None, True
         return self.additive(dtype, device), False
