@@ -19,6 +19,7 @@ from txblocks.errors import (
     SpecError,
     TxblocksPluginWarning,
 )
+from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
 from txblocks.hookspecs import hookimpl
 from txblocks.nn.dims import ModelDims
 from txblocks.generation import GenerationConfig
@@ -35,6 +36,10 @@ __all__ = [
     "BuildError",
     "CheckpointError",
     "GenerationConfig",
+    "HFConversionError",
+    "from_hf",
+    "spec_from_hf",
+    "to_hf",
     "KVCache",
     "LoadReport",
     "Mismatch",

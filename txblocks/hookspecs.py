@@ -59,6 +59,9 @@ def txblocks_register(registry: Registry) -> None:
     ``mask``        ``(config)``                                   a :class:`~txblocks.attention.MaskStrategy`
     ``position``    ``(dims: ModelDims, config)``                  a :class:`~txblocks.nn.PositionalScheme`
     ``head``        ``(dims: ModelDims, embedding, config)``       module ``(B, T, d_model) -> logits``
+    ``adapter``     ``(config)``                                   an object applied by a
+                                                                   ``txblocks_after_build`` hook
+    ``hf_family``   ``(config)``                                   a :class:`txblocks.hf.HFFamily`
     ==============  =============================================  ==========================
 
     A config field declared with :func:`txblocks.slot` holds a nested component

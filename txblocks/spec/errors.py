@@ -58,7 +58,8 @@ def _walk(root: Any, loc: tuple[Any, ...]) -> tuple[list[str | int], Any]:
         members = _members(node)
         models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
         tagged = {_tag_of(m): m for m in models}
-        if len(members) > 1 and item in tagged:  # a discriminated union's tag
+        # a discriminated union's tag (a union of one member is that member, tag and all)
+        if item in tagged and (len(members) > 1 or item not in models[0].model_fields):
             node = tagged[item]
             continue
         if len(members) > 1 and isinstance(item, str) and item not in _fields(models):

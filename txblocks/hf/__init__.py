@@ -1,0 +1,37 @@
+"""Hugging Face ``transformers`` models to txblocks specs and weights, and back.
+
+Example::
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from txblocks.hf import from_hf, spec_from_hf, to_hf
+
+    hf = LlamaForCausalLM(LlamaConfig(hidden_size=64, num_attention_heads=4, ...))
+    print(spec_from_hf(hf.config).to_yaml())     # the spec alone
+    model = from_hf(hf)                          # spec + weights, eval mode
+    back = to_hf(model)                          # LlamaForCausalLM again
+
+Families are data (:class:`HFFamily`: config mapping, weight :class:`Rule` list, one
+:class:`HFHead` per model class); plugins add theirs under the registry kind
+``hf_family``. Importing this package never imports ``transformers``; only ``to_hf``
+does. See ``docs/hf.md``.
+"""
+
+from txblocks.hf.convert import HFOrigin, builtin_families, families, from_hf, spec_from_hf, to_hf
+from txblocks.hf.family import ConfigView, HFConversionError, HFFamily, HFHead
+from txblocks.hf.rules import TRANSFORMS, Rule, Transform
+
+__all__ = [
+    "TRANSFORMS",
+    "ConfigView",
+    "HFConversionError",
+    "HFFamily",
+    "HFHead",
+    "HFOrigin",
+    "Rule",
+    "Transform",
+    "builtin_families",
+    "families",
+    "from_hf",
+    "spec_from_hf",
+    "to_hf",
+]

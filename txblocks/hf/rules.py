@@ -1,0 +1,168 @@
+"""Weight-name rules: HF parameter name(s) <-> a txblocks parameter name, through a transform.
+
+A family declares its rules as data, next to its config mapping::
+
+    Rule("h.{i}.attn.c_attn.weight", "blocks.{i}.attention.qkv.weight", "transpose")
+    Rule(("layers.{i}.self_attn.q_proj.{p}", "layers.{i}.self_attn.k_proj.{p}",
+          "layers.{i}.self_attn.v_proj.{p}"), "blocks.{i}.attention.qkv.{p}", "concat")
+
+``{i}`` matches a layer index, any other ``{name}`` one dotted name part (``weight``,
+``bias``). Transforms: ``copy``; ``transpose`` (GPT-2's ``Conv1D`` stores (in, out));
+``concat`` (HF tensors stacked along rows: fused QKV, the GLU's gate then up rows; split
+back by the HF tensors' shapes); ``alias`` (one tensor that HF keeps under several names;
+the first is read, all are written). A family may pass its own :class:`Transform`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["TRANSFORMS", "Rule", "Transform"]
+
+
+class Transform(Protocol):
+    """Turns HF tensors into one txblocks tensor and back.
+
+    Attributes:
+        arity: how many HF names a rule with this transform has (None: two or more).
+    """
+
+    arity: int | None
+
+    def to_tx(self, tensors: Sequence[Tensor]) -> Tensor:
+        """The txblocks tensor from the HF tensors, in the rule's order."""
+        ...
+
+    def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+        """The HF tensors; ``like`` are the HF targets (for their shapes)."""
+        ...
+
+
+class _Copy:
+    arity = 1
+
+    def to_tx(self, tensors: Sequence[Tensor]) -> Tensor:
+        return tensors[0]
+
+    def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+        return [tensor]
+
+
+class _Transpose:
+    arity = 1
+
+    def to_tx(self, tensors: Sequence[Tensor]) -> Tensor:
+        return tensors[0].t()
+
+    def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+        return [tensor.t()]
+
+
+class _Concat:
+    arity = None
+
+    def to_tx(self, tensors: Sequence[Tensor]) -> Tensor:
+        return torch.cat(list(tensors), dim=0)
+
+    def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+        return list(tensor.split([t.shape[0] for t in like], dim=0))
+
+
+class _Alias:
+    arity = None
+
+    def to_tx(self, tensors: Sequence[Tensor]) -> Tensor:
+        return tensors[0]
+
+    def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+        return [tensor] * len(like)
+
+
+#: The transforms a :class:`Rule` can name.
+TRANSFORMS: Mapping[str, Transform] = MappingProxyType(
+    {"copy": _Copy(), "transpose": _Transpose(), "concat": _Concat(), "alias": _Alias()}
+)
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    parts, last = [], 0
+    for m in _PLACEHOLDER.finditer(pattern):
+        parts.append(re.escape(pattern[last : m.start()]))
+        name = m.group(1)
+        parts.append(rf"(?P<{name}>\d+)" if name == "i" else rf"(?P<{name}>[A-Za-z0-9_]+)")
+        last = m.end()
+    parts.append(re.escape(pattern[last:]))
+    return re.compile("".join(parts))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """HF parameter name(s) <-> one txblocks parameter name, through a transform.
+
+    Args:
+        hf: an HF name pattern, or several (``concat``, ``alias``).
+        tx: the txblocks name pattern; each ``hf`` pattern uses the same placeholders.
+        transform: a name in :data:`TRANSFORMS`, or a :class:`Transform`.
+
+    Raises:
+        ValueError: placeholders that differ, an unknown transform, or a number of HF
+            names the transform does not take (at declaration, not at conversion).
+    """
+
+    hf: str | tuple[str, ...]
+    tx: str
+    transform: str | Transform = "copy"
+
+    def __post_init__(self) -> None:
+        transform = self.resolved
+        names = set(_PLACEHOLDER.findall(self.tx))
+        for pattern in self.sources:
+            if set(_PLACEHOLDER.findall(pattern)) != names:
+                raise ValueError(
+                    f"rule {self.tx!r}: {pattern!r} must use the placeholders {sorted(names)}"
+                )
+        n, arity = len(self.sources), transform.arity
+        if (arity is not None and n != arity) or (arity is None and n < 2):
+            raise ValueError(
+                f"rule {self.tx!r}: transform {self.transform!r} takes "
+                f"{arity or 'two or more'} HF name(s), got {n}"
+            )
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The HF name patterns."""
+        return (self.hf,) if isinstance(self.hf, str) else self.hf
+
+    @property
+    def resolved(self) -> Transform:
+        """The transform object."""
+        if not isinstance(self.transform, str):
+            return self.transform
+        try:
+            return TRANSFORMS[self.transform]
+        except KeyError:
+            raise ValueError(
+                f"rule {self.tx!r}: unknown transform {self.transform!r}; "
+                f"allowed: {', '.join(TRANSFORMS)}"
+            ) from None
+
+    @cached_property
+    def _tx_pattern(self) -> re.Pattern[str]:
+        return _compile(self.tx)
+
+    def match(self, tx_name: str, prefix: str = "") -> list[str] | None:
+        """The HF names of ``tx_name``, each after ``prefix``; None if the rule does not apply."""
+        m = self._tx_pattern.fullmatch(tx_name)
+        if m is None:
+            return None
+        return [prefix + pattern.format(**m.groupdict()) for pattern in self.sources]

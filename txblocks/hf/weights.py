@@ -1,0 +1,101 @@
+"""Copying weights through a family's rules, with nothing left over in either model.
+
+The txblocks model drives: each of its parameters (tied ones once) must match a rule,
+whose HF names must exist with fitting shapes; afterwards every HF parameter (tied ones
+once) must have been read (``from_hf``) or written (``to_hf``), unless its head entry
+ignores it on purpose. Any gap is an :class:`~txblocks.hf.family.HFConversionError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from txblocks.errors import Problem
+from txblocks.hf.family import HFConversionError, HFFamily, HFHead
+from txblocks.hf.rules import Rule
+
+__all__ = ["copy_weights"]
+
+
+def _unique(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The first name of each distinct tensor (a tied weight appears once)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            out[name] = tensor
+    return out
+
+
+def _rules(family: HFFamily, head: HFHead, hf_model: nn.Module) -> list[tuple[Rule, str]]:
+    """Each rule with the prefix of its HF names (the base model's, for the body)."""
+    base = getattr(hf_model, "base_model", hf_model)
+    prefix = "" if base is hf_model else f"{hf_model.base_model_prefix}."
+    return [(rule, prefix) for rule in family.weights] + [(rule, "") for rule in head.weights]
+
+
+def _plan(
+    model: nn.Module, rules: list[tuple[Rule, str]], family: HFFamily
+) -> Iterator[tuple[str, Tensor, Rule, list[str]]]:
+    """(txblocks name, tensor, rule, HF names) for each txblocks parameter."""
+    missing = []
+    for name, tensor in _unique(model.state_dict(keep_vars=True)).items():
+        for rule, prefix in rules:
+            hf_names = rule.match(name, prefix)
+            if hf_names is not None:
+                yield name, tensor, rule, hf_names
+                break
+        else:
+            missing.append(Problem(name, "no weight rule maps this txblocks parameter"))
+    if missing:
+        raise HFConversionError(f"the {family.name} weight rules are incomplete", missing)
+
+
+def copy_weights(
+    tx_model: nn.Module, hf_model: nn.Module, family: HFFamily, head: HFHead, *, to_hf: bool
+) -> None:
+    """Copy every weight from ``hf_model`` to ``tx_model`` (or back, with ``to_hf``).
+
+    Raises:
+        HFConversionError: a txblocks parameter without a rule, a missing HF name, a shape
+            that does not fit, or an HF parameter left unread / unwritten.
+    """
+    hf_state = hf_model.state_dict(keep_vars=True)
+    done: set[int] = set()
+    problems = []
+    with torch.no_grad():
+        for name, tensor, rule, hf_names in _plan(tx_model, _rules(family, head, hf_model), family):
+            absent = [n for n in hf_names if n not in hf_state]
+            if absent:
+                problems.append(Problem(name, f"HF parameter(s) {', '.join(absent)} not found"))
+                continue
+            hf_tensors = [hf_state[n] for n in hf_names]
+            transform = rule.resolved
+            if to_hf:
+                values = transform.to_hf(tensor.detach(), hf_tensors)
+                pairs = list(zip(hf_tensors, values, strict=True))
+            else:
+                pairs = [(tensor, transform.to_tx([t.detach() for t in hf_tensors]))]
+            for target, value in pairs:
+                if target.shape != value.shape:
+                    problems.append(Problem(name, (
+                        f"shape {tuple(value.shape)} does not fit {tuple(target.shape)} "
+                        f"({', '.join(hf_names)})"
+                    )))  # fmt: skip
+                else:
+                    target.copy_(value)
+            done.update(id(t) for t in hf_tensors)
+    left = "unwritten (it would stay random)" if to_hf else "unread"
+    problems += [
+        Problem(n, f"HF parameter left {left}")
+        for n, t in _unique(hf_state).items()
+        if id(t) not in done and not n.startswith(head.ignore)
+    ]
+    if problems:
+        raise HFConversionError(
+            f"the weights of {head.hf_class} and of the txblocks model do not correspond", problems
+        )
