@@ -7,6 +7,10 @@ import torch
 
 from txblocks.plugins import load_registry
 
+# Tests use tiny tensors; with 2 cores shared by 2 xdist workers, one thread each avoids
+# oversubscription (tiny ops run tens of times slower when threads fight).
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""The ``txblocks`` command line: list, validate, summary, schema, generate."""
+"""The ``txblocks`` command line: list, validate, summary, schema, generate, new-plugin."""
 
 from __future__ import annotations
 
@@ -159,6 +159,12 @@ def parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(run=cmd_schema)
+    from txblocks.testing.scaffold import run_new_plugin
+
+    np_ = sub.add_parser("new-plugin", help="write a new plugin distribution from the template")
+    np_.add_argument("name", help="plugin name: 'scalenorm' -> txblocks-scalenorm/")
+    np_.add_argument("--dir", default=".", help="folder to create it in (default: .)")
+    np_.set_defaults(run=run_new_plugin)
     return p
 
 

@@ -303,3 +303,20 @@ def test_spec_reports_top_k_path(registry):
     match = r"layers\[0\]\.ffn\.top_k: top_k 5 is larger than experts 4"
     with pytest.raises(SpecError, match=match):
         txblocks.load_spec(_spec(top_k=5), registry=registry)
+
+
+def test_padding_is_left_out_of_the_aux_loss_inside_a_model(registry, gen):
+    """The model hands its attention mask to the MoE: padded tokens do not count."""
+    spec = {"arch": "decoder", "vocab_size": 40, "d_model": 16, "n_layers": 1, "n_heads": 2,
+            "block": {"ffn": {"type": "moe", "experts": 4, "top_k": 2,
+                              "expert": {"type": "mlp", "hidden": 8}}}}
+    model = txblocks.build(txblocks.load_spec(spec, registry=registry)).eval()
+    ids = torch.randint(0, 40, (1, 5), generator=gen)
+    padded = torch.cat([ids, torch.randint(0, 40, (1, 3), generator=gen)], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 3])
+    with torch.no_grad():
+        alone = model(ids).aux_loss
+        masked = model(padded, attention_mask=mask).aux_loss
+        unmasked = model(padded).aux_loss
+    torch.testing.assert_close(masked, alone)
+    assert not torch.allclose(unmasked, alone)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import torch
@@ -49,6 +50,8 @@ class TransformerBlock(nn.Module):
         if cross_attention is not None and layout == "parallel":
             raise ValueError("the parallel layout has no place for cross-attention")
         self.attention, self.ffn = attention, ffn
+        # An ffn that routes tokens (MoE) may take the padding mask to leave pads out of its losses.
+        self.ffn_takes_mask = "token_mask" in inspect.signature(ffn.forward).parameters
         self.norm1, self.norm2 = norm1, norm2
         self.cross_attention, self.norm_cross = cross_attention, norm_cross
         self.layout = layout
@@ -63,15 +66,23 @@ class TransformerBlock(nn.Module):
         context_mask: AttentionMask | None = None,
         cache: LayerCache | None = None,
         cross_cache: CrossCache | None = None,
+        token_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """(B, T, C) -> (B, T, C) and the ffn's auxiliary loss (or None).
 
         ``context`` (B, S, C) and ``context_mask`` feed the cross-attention; ``cache`` and
-        ``cross_cache`` carry keys and values between decoding steps.
+        ``cross_cache`` carry keys and values between decoding steps; ``token_mask`` (B, T)
+        marks real tokens for an ffn that accepts it.
         """
         drop = self.dropout
+
+        def run_ffn(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            if self.ffn_takes_mask and token_mask is not None:
+                return split_aux(self.ffn(h, token_mask=token_mask))
+            return split_aux(self.ffn(h))
+
         if self.layout == "parallel":
-            out, aux = split_aux(self.ffn(self.norm2(x)))
+            out, aux = run_ffn(self.norm2(x))
             return x + drop(self.attention(self.norm1(x), mask, rotate, cache=cache)) + drop(out), aux
         pre = self.layout == "pre_norm"
         steps = [(self.norm1, lambda h: self.attention(h, mask, rotate, cache=cache))]
@@ -86,7 +97,7 @@ class TransformerBlock(nn.Module):
 
         def ffn(h: Tensor) -> Tensor:
             nonlocal aux
-            out, aux = split_aux(self.ffn(h))
+            out, aux = run_ffn(h)
             return out
 
         steps.append((self.norm2, ffn))

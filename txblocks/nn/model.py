@@ -182,6 +182,7 @@ class TransformerStack(nn.Module):
         if prefix_lengths is not None:
             mask_inputs["prefix_lengths"] = prefix_lengths
         padding = self._padding(attention_mask, cache, length)
+        token_mask = padding[:, -length:] if padding is not None else None
         masks = self.attention_masks(length, device=x.device, dtype=x.dtype, cache=cache,
                                      padding=padding, **mask_inputs)
         cross = None
@@ -194,7 +195,7 @@ class TransformerStack(nn.Module):
             layer_cache = cache.layers[i] if cache is not None else None
             cross_cache = next(cross_caches) if cross_caches and block.cross_attention is not None else None
             x, aux = block(x, mask, rotate if rotary is not None else None, context, cross,
-                           cache=layer_cache, cross_cache=cross_cache)
+                           cache=layer_cache, cross_cache=cross_cache, token_mask=token_mask)
             aux_losses.append(aux)
         if cache is not None:
             cache.position += length

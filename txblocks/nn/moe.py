@@ -208,6 +208,8 @@ class MoE(nn.Module):
         self.shared_gate = shared_gate
         self.top_k, self.normalize_top_k = top_k, normalize_top_k
         self.capacity_factor = capacity_factor
+        #: With a capacity, whether a token is dropped depends on the other rows of the batch.
+        self.batch_independent = capacity_factor is None
         self.aux_loss_coef, self.z_loss_coef, self.jitter = aux_loss_coef, z_loss_coef, jitter
         self.last_stats: RoutingStats | None = None
 

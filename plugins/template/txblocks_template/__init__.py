@@ -1,0 +1,1 @@
+"""txblocks-template: a txblocks plugin; the components are registered in plugin.py."""
