@@ -48,7 +48,8 @@ class LearnedPositions(PositionalScheme):
         Raises:
             ValueError: a position outside ``[0, max_seq_len)``.
         """
-        if position_ids.numel():
+        # The range check reads values back to the host, which torch.compile cannot trace.
+        if position_ids.numel() and not torch.compiler.is_compiling():
             low, high = (int(v) for v in torch.aminmax(position_ids))
             if low < 0 or high >= self.max_seq_len:
                 bad = high if high >= self.max_seq_len else low

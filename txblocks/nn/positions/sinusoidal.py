@@ -67,6 +67,8 @@ class SinusoidalPositions(PositionalScheme):
     def embed(self, position_ids: Tensor) -> Tensor:
         """Position embeddings ``(B|1, T, d)`` for ``position_ids (B|1, T)``, in the table dtype."""
         position_ids = position_ids.to(self.table.device)
+        if torch.compiler.is_compiling():  # no data-dependent branch in a compiled graph
+            return sinusoidal_table(position_ids, self.d_model, self.base).to(self.table.dtype)
         if position_ids.numel():
             low, high = torch.aminmax(position_ids)
             if int(low) < 0 or int(high) >= self.table.shape[0]:  # outside the cache
