@@ -23,12 +23,27 @@ $(STAMP): $(PY) pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 
 install: $(STAMP)
 
+# The whole path on a built-in default: every example spec validated and summarised, then a
+# small decoder trained on 2-digit addition (about a minute on 2 cores), saved, and asked.
 run: $(STAMP)
 	$(VENV)/bin/txblocks summary examples/specs/*.yaml --seq-len 128
 	$(PY) examples/python/assemble.py
+	$(VENV)/bin/txblocks train examples/specs/gpt-tiny.yaml --task addition --steps 2000 \
+		--batch-size 64 --lr 3e-3 --threads 1 --out build/gpt-tiny.safetensors
+	@for prompt in 12+34= 99+1= 58+67= 7+8=; do \
+		$(VENV)/bin/txblocks generate build/gpt-tiny.safetensors --prompt $$prompt \
+			--max-new-tokens 4 --eos 10; \
+	done
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests $(addsuffix /tests,$(PLUGINS))
+
+# Timings against Hugging Face and x-transformers, by hand (never part of `make test`).
+bench: $(STAMP)
+	$(PIP) install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) benchmarks/speed.py --train
+	$(PY) benchmarks/build.py
+	$(PY) benchmarks/generate.py
 
 schema: $(STAMP)
 	TXBLOCKS_DISABLE_PLUGIN_AUTOLOAD=1 $(VENV)/bin/txblocks schema -o schemas/model.schema.json

@@ -14,6 +14,7 @@ from txblocks.errors import BuildError, SpecError
 from txblocks.plugins import default_registry
 from txblocks.spec.io import load_spec
 from txblocks.spec.schema import schema_text
+from txblocks.train.command import add_train_parser
 
 __all__ = ["main"]
 
@@ -125,7 +126,8 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(text[len(printed):])
         sys.stdout.flush()
         printed = text
-    sys.stdout.write("\n")
+    if not printed.endswith("\n"):
+        sys.stdout.write("\n")
     return 0
 
 
@@ -156,6 +158,7 @@ def parser() -> argparse.ArgumentParser:
     ge.add_argument("--tokenizer", help="a Hugging Face tokenizer.json (default: UTF-8 bytes)")
     ge.add_argument("--device", default="cpu")
     ge.set_defaults(run=cmd_generate)
+    add_train_parser(sub)
     sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(run=cmd_schema)

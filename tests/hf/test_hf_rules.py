@@ -10,7 +10,17 @@ import pytest
 import torch
 
 from txblocks.errors import RegistryError
-from txblocks.hf import TRANSFORMS, HFConversionError, Rule, builtin_families, families, from_hf
+from txblocks.hf import (
+    TRANSFORMS,
+    HFConversionError,
+    HFHead,
+    Rule,
+    Select,
+    builtin_families,
+    families,
+    from_hf,
+    spec_from_hf,
+)
 from txblocks.hf.bert import BERT
 from txblocks.hf.gpt2 import GPT2
 from txblocks.hf.weights import copy_weights
@@ -44,7 +54,7 @@ def test_rule_matches_and_expands_placeholders() -> None:
         (("a.w", "c.w", "concat"), "two or more"),
         (
             ("a.w", "c.w", "rotate"),
-            "unknown transform 'rotate'; allowed: copy, transpose, concat, alias",
+            "unknown transform 'rotate'; allowed: copy, transpose, concat, alias, select",
         ),
     ],
 )
@@ -88,12 +98,78 @@ def test_an_unread_hf_weight_is_an_error() -> None:
         copy_weights(model, hf, BERT, strict, to_hf=False)  # ... and only on purpose
 
 
-def test_builtin_families_have_distinct_names_and_types() -> None:
+def test_builtin_families_have_distinct_names_and_classes() -> None:
     names = [f.name for f in builtin_families()]
-    assert names == ["gpt2", "bert", "roberta", "llama", "mistral", "qwen2"]
-    assert len({f.model_type for f in builtin_families()}) == len(names)
+    assert names == ["gpt2", "bert", "roberta", "llama", "mistral", "qwen2", "mixtral", "t5",
+                     "t5_encoder", "bart", "vit"]  # fmt: skip
+    classes = [h.hf_class for f in builtin_families() for h in f.heads]
+    assert len(set(classes)) == len(classes)
+    # one model_type per family, except T5's encoder-only class, a family of its own arch
+    types = [f.model_type for f in builtin_families()]
+    assert [t for t in set(types) if types.count(t) > 1] == ["t5"]
     for family in builtin_families():
         assert family.heads[0].head_type is None  # the base model comes first
+
+
+def test_the_class_picks_among_families_of_one_model_type() -> None:
+    config = transformers.T5Config(d_model=12, d_kv=4, num_heads=2, num_layers=1, d_ff=8,
+                                   vocab_size=20)  # fmt: skip
+    assert spec_from_hf(config).arch == "seq2seq"  # no architectures: the first family, T5Model
+    assert spec_from_hf(config, hf_class="T5EncoderModel").arch == "encoder"
+    config.architectures = ["T5EncoderModel"]
+    assert spec_from_hf(config).arch == "encoder"
+
+
+def test_select_rule_reads_one_slice() -> None:
+    rule = Rule("l.{i}.experts.w", "blocks.{i}.experts.{e}.w", "select")
+    assert rule.match("blocks.2.experts.5.w", "m.") == ["m.l.2.experts.w"]
+    assert rule.slice_of("blocks.2.experts.5.w") == 5
+    assert rule.match("blocks.2.experts.x.w") is None  # slices are numbered
+    assert Rule("a.{i}", "b.{i}").slice_of("b.1") is None
+    transposed = Rule("l.{i}.w", "b.{i}.{e}.w", Select(then="transpose"))
+    assert transposed.slice_of("b.0.3.w") == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("l.w", "b.w", "select"), r"picks slices by \{e\}, which the txblocks pattern must have"),
+        (("l.{e}.w", "b.{e}.w", "select"), r"must use the placeholders \[\]"),
+        ((("l.w", "k.w"), "b.{e}.w", "select"), "takes 1 HF name"),
+    ],
+)
+def test_bad_select_rules_fail_when_declared(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Rule(*args)
+    with pytest.raises(ValueError, match="then='concat'; allowed: copy, transpose"):
+        Select(then="concat")
+
+
+def test_select_transposes_each_slice() -> None:
+    """A stack stored (E, in, out) goes through Select(then="transpose") both ways."""
+
+    class Stacked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3, 4, 5))
+
+    class Experts(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 5, bias=False) for _ in range(3))
+
+    family = dataclasses.replace(
+        GPT2, weights=(Rule("w", "experts.{e}.weight", Select(then="transpose")),),
+        heads=(HFHead("Stacked", None),),
+    )  # fmt: skip
+    hf, tx = Stacked(), Experts()
+    copy_weights(tx, hf, family, family.heads[0], to_hf=False)
+    for e in range(3):
+        assert torch.equal(tx.experts[e].weight, hf.w[e].t())
+    with torch.no_grad():
+        tx.experts[1].weight.mul_(2)
+    copy_weights(tx, hf, family, family.heads[0], to_hf=True)
+    assert torch.equal(hf.w[1], tx.experts[1].weight.t())
 
 
 def test_a_plugin_family_may_not_shadow_a_builtin(registry) -> None:

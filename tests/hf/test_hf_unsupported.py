@@ -129,3 +129,56 @@ def test_an_option_the_mapping_never_reads_is_reported(registry) -> None:
     with torch.no_grad():
         diff = model(ids).last_hidden_state - hf(ids).last_hidden_state
     assert diff.abs().max() <= 1e-4
+
+
+def test_t5_feed_forward_activation() -> None:
+    found = problems_of(transformers.T5Config(feed_forward_proj="mish"))
+    assert set(found) == {"feed_forward_proj"}
+    assert "'mish'" in found["feed_forward_proj"] and "gelu_new" in found["feed_forward_proj"]
+    found = problems_of(transformers.T5Config(feed_forward_proj="gated-relu6"))
+    assert "'relu6'" in found["feed_forward_proj"]
+    spec = spec_from_hf(transformers.T5Config(feed_forward_proj="gated-silu"))
+    assert (spec.block.ffn.type, spec.block.ffn.activation.type) == ("glu", "silu")
+
+
+def test_bart_lists_every_unsupported_option() -> None:
+    config = transformers.BartConfig(
+        decoder_attention_heads=8, encoder_layerdrop=0.1, decoder_layerdrop=0.2,
+        activation_function="relu2",
+    )  # fmt: skip
+    found = problems_of(config)
+    assert set(found) == {"decoder_attention_heads", "encoder_layerdrop", "decoder_layerdrop",
+                          "activation_function"}  # fmt: skip
+    assert "one n_heads" in found["decoder_attention_heads"]
+    assert "LayerDrop" in found["encoder_layerdrop"]
+
+
+def test_bart_options_that_do_not_change_the_numbers() -> None:
+    """Generation settings are fine; so are the fairseq options transformers 5 ignores."""
+    config = transformers.BartConfig(forced_eos_token_id=5, normalize_before=True,
+                                     add_bias_logits=True, add_final_layer_norm=True)  # fmt: skip
+    spec = spec_from_hf(config)
+    assert (spec.block.layout, spec.use_final_norm) == ("post_norm", False)
+
+
+def test_mixtral_jitter_and_activation() -> None:
+    found = problems_of(transformers.MixtralConfig(router_jitter_noise=0.1, hidden_act="relu2"))
+    assert set(found) == {"router_jitter_noise", "hidden_act"}
+    assert "router only" in found["router_jitter_noise"]
+
+
+def test_vit_without_labels_and_classes() -> None:
+    found = problems_of(transformers.ViTConfig(num_labels=0),
+                        hf_class="ViTForImageClassification")  # fmt: skip
+    assert set(found) == {"num_labels"}
+    found = problems_of(transformers.ViTConfig(), hf_class="ViTForMaskedImageModeling")
+    assert "ViTForImageClassification" in found["class"]
+    spec = spec_from_hf(transformers.ViTConfig(qkv_bias=False))  # supported
+    assert (spec.block.attention.qkv_bias, spec.block.attention.out_bias) == (False, True)
+
+
+def test_t5_and_bart_classes_without_a_mapping() -> None:
+    found = problems_of(transformers.T5Config(), hf_class="T5ForSequenceClassification")
+    assert "T5ForConditionalGeneration" in found["class"]
+    found = problems_of(transformers.BartConfig(), hf_class="BartForSequenceClassification")
+    assert "BartForConditionalGeneration" in found["class"]

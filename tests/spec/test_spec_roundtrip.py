@@ -12,6 +12,7 @@ import yaml
 
 import txblocks
 from txblocks import SpecError, load_spec
+from txblocks.attention.eager import EagerKernel
 from txblocks.attention.strategies import CausalStrategy, SlidingWindowStrategy
 from txblocks.nn.ffn import GLU, MLP
 from txblocks.nn.norms import RMSNorm
@@ -301,3 +302,18 @@ def test_override_round_trips(registry):
     again = load_spec(spec.to_yaml(), registry=registry)
     assert again == spec
     assert [again.block_for(i) for i in range(6)] == [spec.block_for(i) for i in range(6)]
+
+
+def test_per_layer_kernel_and_bounds_are_validated_and_built(registry, gen):
+    spec = load_spec(tiny(layers=[{"select": 1, "attention": {"kernel": "eager", "softcap": 30.0}}]),
+                     registry=registry)
+    model = txblocks.build(spec).eval()
+    kernels = [type(b.attention.kernel) for b in model.blocks]
+    assert kernels[1] is EagerKernel and kernels.count(EagerKernel) == 1
+    with torch.no_grad():
+        out = model(torch.randint(0, 64, (2, 9), generator=gen))
+    assert torch.isfinite(out.logits).all()
+    with pytest.raises(SpecError, match=r"layers\[0\]\.attention\.kernel.*'nope'"):
+        load_spec(tiny(layers=[{"select": 1, "attention": {"kernel": "nope"}}]), registry=registry)
+    with pytest.raises(SpecError, match=r"layers\[0\]\.attention\.dropout"):
+        load_spec(tiny(layers=[{"select": 1, "attention": {"dropout": 1.5}}]), registry=registry)

@@ -18,7 +18,7 @@ does. See ``docs/hf.md``.
 
 from txblocks.hf.convert import HFOrigin, builtin_families, families, from_hf, spec_from_hf, to_hf
 from txblocks.hf.family import ConfigView, HFConversionError, HFFamily, HFHead
-from txblocks.hf.rules import TRANSFORMS, Rule, Transform
+from txblocks.hf.rules import TRANSFORMS, Rule, Select, Transform
 
 __all__ = [
     "TRANSFORMS",
@@ -28,6 +28,7 @@ __all__ = [
     "HFHead",
     "HFOrigin",
     "Rule",
+    "Select",
     "Transform",
     "builtin_families",
     "families",

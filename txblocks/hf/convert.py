@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from txblocks.errors import Problem, RegistryError, SpecError
+from txblocks.errors import Problem, RegistryError
 from txblocks.hf.compare import differences
 from txblocks.hf.family import GENERIC_IGNORED, ConfigView, HFConversionError, HFFamily, HFHead
 from txblocks.hf.weights import copy_weights
@@ -29,7 +29,9 @@ from txblocks.spec.models import ModelSpec
 __all__ = ["HFOrigin", "builtin_families", "families", "from_hf", "spec_from_hf", "to_hf"]
 
 #: Config keys carried from the source model back by ``to_hf`` (they never change numbers).
-CARRIED = ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id")
+CARRIED = (
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,12 @@ class HFOrigin:
 
 def builtin_families() -> tuple[HFFamily, ...]:
     """The families shipped with txblocks, in the order ``to_hf`` tries them."""
-    from txblocks.hf import bert, gpt2, llama
+    from txblocks.hf import bart, bert, gpt2, llama, mixtral, t5, vit
 
-    return (gpt2.GPT2, bert.BERT, bert.ROBERTA, llama.LLAMA, llama.MISTRAL, llama.QWEN2)
+    return (
+        gpt2.GPT2, bert.BERT, bert.ROBERTA, llama.LLAMA, llama.MISTRAL, llama.QWEN2,
+        mixtral.MIXTRAL, t5.T5, t5.T5_ENCODER, bart.BART, vit.VIT,
+    )  # fmt: skip
 
 
 def families(registry: Registry | None = None) -> dict[str, HFFamily]:
@@ -57,6 +62,9 @@ def families(registry: Registry | None = None) -> dict[str, HFFamily]:
     A plugin adds one in its ``txblocks_register`` hook with
     ``registry.add("hf_family", "mixtral", MIXTRAL)`` (an :class:`HFFamily` is its own
     factory).
+
+    Two built-ins may share a ``model_type`` when they convert different classes (``t5``:
+    the encoder–decoder classes and ``T5EncoderModel``).
 
     Raises:
         RegistryError: a factory that gives no :class:`HFFamily` of its entry's name, or
@@ -85,13 +93,19 @@ def families(registry: Registry | None = None) -> dict[str, HFFamily]:
     return {name: family for name, (family, _) in found.items()}
 
 
-def _family_of(config: Any, registry: Registry | None) -> HFFamily:
+def _family_of(config: Any, registry: Registry | None, hf_class: str | None = None) -> HFFamily:
+    """The family of ``config``'s model type; of those, the one that maps ``hf_class`` (else
+    a class of ``config.architectures``), else the first."""
     model_type = getattr(config, "model_type", None)
     known = families(registry)
-    for family in known.values():
-        if family.model_type == model_type:
+    found = [f for f in known.values() if f.model_type == model_type]
+    classes = [hf_class] if hf_class else list(getattr(config, "architectures", None) or [])
+    for family in found:
+        if any(family.head(c) for c in classes):
             return family
-    supported = ", ".join(sorted(f.model_type for f in known.values()))
+    if found:
+        return found[0]
+    supported = ", ".join(sorted({f.model_type for f in known.values()}))
     raise HFConversionError(
         f"no txblocks mapping for {type(config).__name__}",
         [Problem("model_type", f"{model_type!r}; supported: {supported}")],
@@ -131,8 +145,10 @@ def _unread(family: HFFamily, config: Any, read: set[str]) -> list[Problem]:
     return problems
 
 
-def _spec_data(family: HFFamily, head: HFHead, config: Any) -> tuple[dict[str, Any], list[Problem]]:
-    view = ConfigView(config)
+def _spec_data(
+    family: HFFamily, head: HFHead, config: Any, model: Any = None
+) -> tuple[dict[str, Any], list[Problem]]:
+    view = ConfigView(config, model)
     data = family.spec(view)
     data["head"] = head.spec(view)
     data.setdefault("name", getattr(config, "name_or_path", "") or family.name)
@@ -161,12 +177,13 @@ def spec_from_hf(
         HFConversionError: the family or class is not supported, or the config uses options
             the mapping does not support (every one listed).
     """
-    config = source.config if isinstance(source, nn.Module) else source
-    if isinstance(source, nn.Module):
+    model = source if isinstance(source, nn.Module) else None
+    config = source.config if model is not None else source
+    if model is not None:
         hf_class = type(source).__name__
-    family = _family_of(config, registry)
+    family = _family_of(config, registry, hf_class)
     head = _head_of(family, config, hf_class)
-    data, problems = _spec_data(family, head, config)
+    data, problems = _spec_data(family, head, config, model)
     if problems:
         what = f"cannot convert {type(config).__name__} ({head.hf_class}) to txblocks"
         raise HFConversionError(f"{what}: unsupported options", problems)
@@ -187,7 +204,7 @@ def from_hf(model: nn.Module, *, registry: Registry | None = None) -> nn.Module:
     from txblocks.build import build
 
     config = model.config
-    family = _family_of(config, registry)
+    family = _family_of(config, registry, type(model).__name__)
     head = _head_of(family, config, type(model).__name__)
     spec = spec_from_hf(model, registry=registry)
     first = next(model.parameters())
@@ -210,6 +227,21 @@ def _hf_config(family: HFFamily, head: HFHead, spec: ModelSpec, origin: Any) -> 
     return getattr(transformers, family.config_class)(**kwargs)
 
 
+def _new_hf(head: HFHead, config: Any, spec: ModelSpec, *, meta: bool = False) -> Any:
+    """The HF model of ``head``'s class for ``config``, prepared for ``spec``'s head."""
+    import torch
+    import transformers
+
+    cls = getattr(transformers, head.hf_class)
+    if meta:
+        with torch.device("meta"):
+            hf = cls(config, **head.init_kwargs)
+    else:
+        hf = cls(config, **head.init_kwargs)
+    head.prepare(hf, spec.model_dump(mode="json")["head"])
+    return hf
+
+
 def _why_not(
     family: HFFamily, spec: ModelSpec, origin: Any, registry: Registry | None
 ) -> tuple[HFHead | None, Any, list[Problem]]:
@@ -225,12 +257,16 @@ def _why_not(
         return None, None, [Problem("head", why)]
     try:
         config = _hf_config(family, head, spec, origin)
-        data, problems = _spec_data(family, head, config)
+        skeleton = lambda: _new_hf(head, config, spec, meta=True)  # noqa: E731 - built if read
+        data, problems = _spec_data(family, head, config, skeleton)
         if problems:
             return head, config, problems
         back = _load(data, registry)
-    except (SpecError, ValueError, TypeError, AttributeError) as exc:
-        return head, None, [Problem("", f"no {family.config_class} fits: {exc}")]
+    # transformers' configs validate with huggingface_hub's strict dataclasses, whose errors
+    # are neither ValueError nor TypeError: any failure here means "this family cannot".
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return head, None, [Problem("", f"no {family.config_class} fits: {first}")]
     return head, config, differences(spec, back, family.config_class)
 
 
@@ -268,9 +304,7 @@ def to_hf(model: nn.Module, *, family: str | None = None, registry: Registry | N
     for candidate in order:
         head, config, problems = _why_not(candidate, spec, origin, registry)
         if head is not None and not problems:
-            import transformers
-
-            hf = getattr(transformers, head.hf_class)(config, **head.init_kwargs)
+            hf = _new_hf(head, config, spec)
             parameter = next(model.parameters())
             hf.to(device=parameter.device, dtype=parameter.dtype)
             copy_weights(model, hf, candidate, head, to_hf=True)

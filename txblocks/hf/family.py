@@ -26,6 +26,7 @@ __all__ = [
     "HFFamily",
     "HFHead",
     "activation",
+    "activation_name",
     "ffn_hidden",
     "hf_activation",
 ]
@@ -49,6 +50,10 @@ def _no_config(head: dict[str, Any] | None) -> dict[str, Any]:
     return {}
 
 
+def _no_prepare(model: Any, head: dict[str, Any] | None) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class HFHead:
     """One ``transformers`` model class of a family and the txblocks head it maps to.
@@ -62,6 +67,11 @@ class HFHead:
         ignore: full-name prefixes of HF parameters with no txblocks counterpart
             (``BertModel``'s pooler), skipped on purpose.
         init_kwargs: extra constructor arguments for ``to_hf`` (``add_pooling_layer=False``).
+        prepare: ``(hf_model, spec head) -> None``, run by ``to_hf`` on the new HF model
+            before weights are copied, for what the config cannot say (T5: an LM head
+            untied from the shared embeddings, as ``from_pretrained`` leaves T5 v1.1).
+            When ``to_hf`` checks the spec, ``spec`` sees the prepared model (built on the
+            ``meta`` device) as ``view.model``.
     """
 
     hf_class: str
@@ -71,6 +81,7 @@ class HFHead:
     weights: tuple[Rule, ...] = ()
     ignore: tuple[str, ...] = ()
     init_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Any, dict[str, Any] | None], None] = _no_prepare
 
 
 @dataclass(frozen=True)
@@ -129,13 +140,27 @@ class ConfigView:
     ``view.n_embd`` reads the config, :meth:`get` reads with a default, :meth:`unsupported`
     records a problem. The engine then also reports every option the mapping never read
     whose value differs from the config class's default.
+
+    :attr:`model` is the HF model being converted, where there is one, for what only its
+    structure tells (which weights are tied); a mapping must work without it.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, model: Any = None) -> None:
         self._config = config
+        self._model = model
         self._aliases: Mapping[str, str] = getattr(type(config), "attribute_map", None) or {}
         self._read: set[str] = set()
         self._problems: list[Problem] = []
+
+    @property
+    def model(self) -> Any:
+        """The HF model (``to_hf`` checks a skeleton on the ``meta`` device), or None.
+
+        Given as a callable, it is built on first use.
+        """
+        if callable(self._model) and not isinstance(self._model, torch.nn.Module):
+            self._model = self._model()
+        return self._model
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
@@ -173,13 +198,22 @@ _ACTIVATIONS = MappingProxyType({
 })  # fmt: skip
 
 
-def activation(view: ConfigView, key: str) -> str:
-    """The txblocks activation of option ``key``; if none, a problem (and ``gelu``)."""
-    name = view.get(key)
-    if isinstance(name, str) and name in _ACTIVATIONS:
-        return _ACTIVATIONS[name]
+def activation_name(name: Any) -> str | None:
+    """The txblocks activation of an HF activation name, or None."""
+    return _ACTIVATIONS.get(name) if isinstance(name, str) else None
+
+
+def activation(view: ConfigView, key: str, *, value: Any = None) -> str:
+    """The txblocks activation of option ``key`` (or of ``value``, derived from it); if
+    none, a problem on ``key`` (and ``gelu``)."""
+    name = view.get(key) if value is None else value
+    found = activation_name(name)
+    if found is not None:
+        return found
     supported = ", ".join(_ACTIVATIONS)
-    view.unsupported(key, f"no txblocks activation computes it; supported: {supported}")
+    why = "no txblocks activation computes it" if value is None else (
+        f"its activation {value!r} is not one txblocks computes")  # fmt: skip
+    view.unsupported(key, f"{why}; supported: {supported}")
     return "gelu"
 
 

@@ -241,7 +241,13 @@ def _family(
     prefix: str,
     spec: Callable[[ConfigView], dict[str, Any]],
     config: Callable[[Any], dict[str, Any]],
+    *,
+    weights: tuple[Rule, ...] = WEIGHTS,
+    ignored: dict[str, str] | None = None,
 ) -> HFFamily:
+    """A decoder family of the Llama kind: ``{prefix}Model`` and ``{prefix}ForCausalLM``."""
+    if ignored is None:
+        ignored = {"pretraining_tp": "transformers 5 ignores it; 4.x slices the same products"}
     return HFFamily(
         name=name,
         arch="decoder",
@@ -249,7 +255,7 @@ def _family(
         config_class=f"{prefix}Config",
         spec=spec,
         config=config,
-        weights=WEIGHTS,
+        weights=weights,
         heads=(
             HFHead(f"{prefix}Model", None),
             HFHead(
@@ -260,7 +266,7 @@ def _family(
                 weights=(Rule("lm_head.weight", "head.proj.weight"),),
             ),
         ),
-        ignored={"pretraining_tp": "transformers 5 ignores it; 4.x slices the same products"},
+        ignored=ignored,
     )  # fmt: skip
 
 

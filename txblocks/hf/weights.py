@@ -2,8 +2,9 @@
 
 The txblocks model drives: each of its parameters (tied ones once) must match a rule,
 whose HF names must exist with fitting shapes; afterwards every HF parameter (tied ones
-once) must have been read (``from_hf``) or written (``to_hf``), unless its head entry
-ignores it on purpose. Any gap is an :class:`~txblocks.hf.family.HFConversionError`.
+once; every slice of a stacked one, for ``select`` rules) must have been read
+(``from_hf``) or written (``to_hf``), unless its head entry ignores it on purpose. Any
+gap is an :class:`~txblocks.hf.family.HFConversionError`.
 """
 
 from __future__ import annotations
@@ -55,17 +56,33 @@ def _plan(
         raise HFConversionError(f"the {family.name} weight rules are incomplete", missing)
 
 
+def _slices(
+    name: str, index: int, hf_names: list[str], hf_tensors: list[Tensor]
+) -> tuple[list[Tensor], list[Problem]]:
+    """The slice ``index`` of each stacked HF tensor, or why there is none."""
+    problems = [
+        Problem(name, f"slice {index} is outside {n} ({t.shape[0] if t.dim() else 0} slices)")
+        for n, t in zip(hf_names, hf_tensors, strict=True)
+        if t.dim() == 0 or index >= t.shape[0]
+    ]
+    return ([] if problems else [t[index] for t in hf_tensors]), problems
+
+
 def copy_weights(
     tx_model: nn.Module, hf_model: nn.Module, family: HFFamily, head: HFHead, *, to_hf: bool
 ) -> None:
     """Copy every weight from ``hf_model`` to ``tx_model`` (or back, with ``to_hf``).
 
+    A rule whose transform picks slices (``select``) reads or writes one slice of a stacked
+    HF tensor; every slice of that tensor must be covered.
+
     Raises:
         HFConversionError: a txblocks parameter without a rule, a missing HF name, a shape
-            that does not fit, or an HF parameter left unread / unwritten.
+            that does not fit, or an HF parameter (or slice) left unread / unwritten.
     """
     hf_state = hf_model.state_dict(keep_vars=True)
     done: set[int] = set()
+    sliced: dict[int, tuple[str, int, set[int]]] = {}  # id -> (HF name, slices, slices seen)
     problems = []
     with torch.no_grad():
         for name, tensor, rule, hf_names in _plan(tx_model, _rules(family, head, hf_model), family):
@@ -74,22 +91,35 @@ def copy_weights(
                 problems.append(Problem(name, f"HF parameter(s) {', '.join(absent)} not found"))
                 continue
             hf_tensors = [hf_state[n] for n in hf_names]
+            targets = hf_tensors
+            index = rule.slice_of(name)
+            if index is not None:
+                targets, bad = _slices(name, index, hf_names, hf_tensors)
+                if bad:
+                    problems += bad
+                    continue
+                for n, t in zip(hf_names, hf_tensors, strict=True):
+                    sliced.setdefault(id(t), (n, t.shape[0], set()))[2].add(index)
             transform = rule.resolved
             if to_hf:
-                values = transform.to_hf(tensor.detach(), hf_tensors)
-                pairs = list(zip(hf_tensors, values, strict=True))
+                values = transform.to_hf(tensor.detach(), targets)
+                pairs = list(zip(targets, values, strict=True))
             else:
-                pairs = [(tensor, transform.to_tx([t.detach() for t in hf_tensors]))]
+                pairs = [(tensor, transform.to_tx([t.detach() for t in targets]))]
             for target, value in pairs:
                 if target.shape != value.shape:
                     problems.append(Problem(name, (
                         f"shape {tuple(value.shape)} does not fit {tuple(target.shape)} "
-                        f"({', '.join(hf_names)})"
+                        f"({', '.join(hf_names)}{'' if index is None else f' [{index}]'})"
                     )))  # fmt: skip
                 else:
                     target.copy_(value)
             done.update(id(t) for t in hf_tensors)
     left = "unwritten (it would stay random)" if to_hf else "unread"
+    for n, count, seen in sliced.values():
+        missing = sorted(set(range(count)) - seen)
+        if missing:
+            problems.append(Problem(n, f"slices {missing} of {count} left {left}"))
     problems += [
         Problem(n, f"HF parameter left {left}")
         for n, t in _unique(hf_state).items()

@@ -81,10 +81,12 @@ class BlockSpec(SpecModel):
 
 def _partial(model: type[SpecModel], name: str) -> type[SpecModel]:
     """``model`` with every field optional (None = keep the base block's value)."""
-    fields: dict[str, Any] = {
-        key: (info.annotation | None, Field(None, description=info.description))
-        for key, info in model.model_fields.items()
-    }
+    fields: dict[str, Any] = {}
+    for key, info in model.model_fields.items():
+        annotation = info.annotation
+        if info.metadata:  # FieldInfo splits slot markers and bounds off; put them back
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[key] = (annotation | None, Field(None, description=info.description))
     return create_model(name, __base__=SpecModel, __module__=__name__, **fields)  # type: ignore[call-overload]
 
 

@@ -1,0 +1,65 @@
+"""``txblocks train SPEC``: the command line of :func:`txblocks.train.run`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from txblocks.errors import BuildError, SpecError
+
+__all__ = ["add_train_parser", "cmd_train"]
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    """Train; exit 1 with the reason when the spec, task, data or settings do not fit."""
+    from txblocks.checkpoint import CheckpointError
+    from txblocks.train import TrainError, run
+
+    out = args.out
+    if out is None:
+        out = f"{Path(args.spec).stem}.safetensors"
+    try:
+        run(Path(args.spec), task=args.task, data=args.data, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
+            device=args.device, threads=args.threads, dtype=args.dtype, compile=args.compile,
+            activation_checkpointing=args.activation_checkpointing,
+            checkpoint_path=out, console=console)
+    except (TrainError, SpecError, BuildError, CheckpointError) as exc:
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``sub`` (the result of ``add_subparsers``)."""
+    tr = sub.add_parser("train", help="train a spec on a built-in task or a text file; save it",
+                        description="Train SPEC on a synthetic task chosen by its arch (decoder: "
+                        "addition, encoder: sorted, seq2seq: reverse, vit: shapes) or on a text "
+                        "file (decoders), show a few predictions, save the model.")
+    tr.add_argument("spec", help="a spec file (YAML or JSON)")
+    tr.add_argument("--task", help="addition, copy (decoder), sorted (encoder), reverse "
+                    "(seq2seq), shapes (vit); default the arch's")
+    tr.add_argument("--data", metavar="FILE", help="a text file: byte-level next-token training "
+                    "of a decoder (vocab_size >= 256) instead of a task")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warmup "
+                    "then cosine)")
+    tr.add_argument("--warmup", type=int, help="warmup steps (default: a tenth of --steps, at "
+                    "most 100)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 is often "
+                    "fastest for tiny models on a busy machine")
+    tr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="bfloat16/float16: mixed precision (autocast)")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    tr.add_argument("--activation-checkpointing", action="store_true",
+                    help="recompute each block's activations in backward to save memory")
+    tr.add_argument("--out", metavar="FILE", help="where to save (txblocks.save); default "
+                    "SPEC-STEM.safetensors in the current directory")
+    tr.set_defaults(run=cmd_train)
+    return tr
