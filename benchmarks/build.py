@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median_seconds  # noqa: E402
 
@@ -33,7 +31,6 @@ def main() -> None:
     t_ours = median_seconds(lambda: txblocks.build(spec), repeats=3)
     print(f"spec validation: {validate * 1e3:.2f} ms")
     print(f"24-layer GPT-2 build: HF {t_hf:.2f}s, txblocks {t_ours:.2f}s, ratio {t_ours / t_hf:.2f}")
-    del torch
 
 
 if __name__ == "__main__":

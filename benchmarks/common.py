@@ -1,25 +1,66 @@
-"""Helpers shared by the benchmarks: medians of repeats and machine rates measured in-run."""
+"""Helpers shared by the benchmarks: interleaved medians, peak memory and machine rates
+measured in the same run."""
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 
 def median_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
+    return compare({"fn": fn}, repeats=repeats, warmup=warmup)["fn"]
+
+
+def compare(fns: dict[str, Callable[[], object]], *, repeats: int = 5,
+            warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, run round-robin so that a slow spell of the machine
+    hits every contender alike (ratios stay fair even when absolute times drift)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
+        for name, fn in fns.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated by tensors while ``fn()`` runs, above what was live before.
+
+    On CUDA, the allocator's own peak; on CPU (which keeps no such statistic), the running
+    sum of the profiler's per-operator allocations and frees in time order.
+    """
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
 
 
 def matvec_bandwidth(dtype: torch.dtype, *, size: int = 4096, repeats: int = 20) -> float:
@@ -30,13 +71,21 @@ def matvec_bandwidth(dtype: torch.dtype, *, size: int = 4096, repeats: int = 20)
     return w.numel() * w.element_size() / seconds
 
 
-def matmul_rate(dtype: torch.dtype, *, size: int = 2048) -> float:
+def matmul_rate(dtype: torch.dtype, *, size: int = 2048, device: str = "cpu") -> float:
     """FLOP/s of a square matrix product."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     return 2 * size**3 / median_seconds(lambda: a @ b, repeats=5)
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    """A one-line description of where the numbers were taken."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}, "
             f"torch {torch.__version__}")

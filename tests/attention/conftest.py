@@ -34,7 +34,7 @@ EXAMPLES: dict[str, list[tuple[dict[str, Any], dict[str, bool]]]] = {
 }
 
 #: (Tq, Tk, q_offset): self-attention, KV-cache decoding (bottom-right), queries at 0.
-SHAPES = {"square": (6, 6, None), "cache": (3, 7, None), "top_left": (4, 7, 0)}
+SHAPES = {"square": (6, 6, None), "cache": (3, 7, None), "top_left": (4, 7, 0), "step": (1, 7, None)}
 PADDINGS = ("none", "right", "left")
 
 

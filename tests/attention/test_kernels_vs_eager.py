@@ -75,7 +75,7 @@ def naive(q, k, v, keep, bias, scale, softcap=None):
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("shape", ["square", "cache", "top_left"])
+@pytest.mark.parametrize("shape", ["square", "cache", "top_left", "step"])
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("padding", ["none", "right", "left"])
 @pytest.mark.parametrize("kernel_name", kernel_names(exclude=("eager",)))  # eager: see below

@@ -13,7 +13,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("padding", ["none", "right", "left"])
-@pytest.mark.parametrize("shape", ["square", "cache", "top_left"])
+@pytest.mark.parametrize("shape", ["square", "cache", "top_left", "step"])
 def test_mask_matches_brute_force(mask_case, shape, padding, make_mask, brute_keep):
     built = make_mask(mask_case, batch=3, shape=shape, padding=padding)
     mask, want = built.mask, brute_keep(mask_case, built)  # want: (B, Tq, Tk)
@@ -39,7 +39,7 @@ def test_mask_matches_brute_force(mask_case, shape, padding, make_mask, brute_ke
         assert not (want & later).any()
 
 
-@pytest.mark.parametrize("shape", ["square", "cache", "top_left"])
+@pytest.mark.parametrize("shape", ["square", "cache", "top_left", "step"])
 def test_structure_excludes_padding_and_bias(mask_case, shape, make_mask, brute_keep):
     built = make_mask(mask_case, batch=2, shape=shape, padding="left")
     unpadded = make_mask(mask_case, batch=2, shape=shape, padding="none")
@@ -51,7 +51,7 @@ def test_structure_excludes_padding_and_bias(mask_case, shape, make_mask, brute_
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("shape", ["square", "cache", "top_left"])
+@pytest.mark.parametrize("shape", ["square", "cache", "top_left", "step"])
 def test_sdpa_form_is_exact(mask_case, shape, make_mask, brute_keep):
     built = make_mask(mask_case, batch=2, shape=shape, padding="none")
     want = brute_keep(mask_case, built)

@@ -94,6 +94,11 @@ class AttentionMask:
         """An xformers ``AttentionBias`` equal to :meth:`structure` (no rows empty), else None."""
         return None
 
+    def _every_row_kept(self) -> bool:
+        """True when the structure alone leaves every query at least one key (known without
+        looking at a tensor, so the kernels skip zeroing empty rows)."""
+        return False
+
     # -- derived forms --------------------------------------------------------------
 
     def positions(self, device: Device) -> tuple[Tensor, Tensor]:
@@ -121,6 +126,8 @@ class AttentionMask:
 
     def _empty_rows(self, device: Device) -> Tensor | None:
         """Uncached :meth:`empty_rows`."""
+        if self.key_padding is None and self._every_row_kept():
+            return None
         keep = self.keep(device)
         return None if keep is None else ~keep.any(dim=-1, keepdim=True)
 
@@ -209,7 +216,10 @@ class CausalMask(AttentionMask):
         if self.window is not None and self.window < 1:
             raise ValueError(f"CausalMask: window must be >= 1, got {self.window}")
 
-    def structure(self, device: Device) -> Tensor:
+    def structure(self, device: Device) -> Tensor | None:
+        last = self.q_offset + self.q_len - 1
+        if self.q_offset >= self.k_len - 1 and (self.window is None or self.window > last):
+            return None  # every query sees every key (a decoding step): no mask at all
         q, k = self.positions(device)
         keep = k <= q
         if self.window is not None:
@@ -218,6 +228,10 @@ class CausalMask(AttentionMask):
 
     def _sdpa_is_causal(self) -> bool:
         return self.window is None and self.q_offset == 0
+
+    def _every_row_kept(self) -> bool:
+        # the query at p keeps key p itself, which exists when 0 <= p < Tk
+        return 0 <= self.q_offset <= self.k_len - self.q_len
 
     def _xformers_structure(self, attn_bias: ModuleType, device: torch.device) -> Any:
         bottom_right = self.q_offset == self.k_len - self.q_len and self.q_offset >= 0

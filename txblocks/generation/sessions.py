@@ -33,9 +33,12 @@ class DecoderSession:
         if expand > 1:
             input_ids = input_ids.repeat_interleave(expand, 0)
             attention_mask = attention_mask.repeat_interleave(expand, 0)
-        self.model, self.input_ids, self.mask = model, input_ids, attention_mask
+        self.model, self.input_ids = model, input_ids
         self.cache = model.new_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
         self.positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        # Without padding, the masks need no key-padding part (one host check, here): decoding
+        # steps then attend to every cached key with no mask tensor at all.
+        self.mask = attention_mask if not bool(attention_mask.all()) else None
 
     @property
     def prompt(self) -> Tensor:
@@ -47,7 +50,7 @@ class DecoderSession:
         return out.logits[:, -1]
 
     def step(self, tokens: Tensor) -> Tensor:
-        ones = torch.ones_like(tokens)[:, None]
+        ones = torch.ones_like(tokens)[:, None] if self.mask is not None else None
         out = self.model(tokens[:, None], ones, position_ids=self.next_position, cache=self.cache)
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
