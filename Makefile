@@ -41,9 +41,12 @@ test: $(STAMP)
 # Timings against Hugging Face and x-transformers, by hand (never part of `make test`).
 bench: $(STAMP)
 	$(PIP) install --quiet --disable-pip-version-check -e '.[bench]'
-	$(PY) benchmarks/speed.py --train
+	$(PY) benchmarks/speed.py --train --compile
+	$(PY) benchmarks/speed.py --device cuda
+	$(PY) benchmarks/ablations.py
 	$(PY) benchmarks/build.py
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/attention_scaling.py
 
 schema: $(STAMP)
 	TXBLOCKS_DISABLE_PLUGIN_AUTOLOAD=1 $(VENV)/bin/txblocks schema -o schemas/model.schema.json

@@ -5,27 +5,66 @@ Prints tokens/s for batch 1 and 8 in fp32 and bf16, the ratio to Hugging Face me
 in the same run, and the weight-streaming bound: a decoding step must read every weight
 once, so tokens/s ≤ bandwidth / weight bytes, with the matrix-vector bandwidth measured
 here too.
+
+A second table has txblocks' int8 models (`txblocks.quantize`, torchao; needs
+`pip install 'txblocks[quant]'`), made from the fp32 model: tokens/s, the ratio to Hugging
+Face fp32, the bound for their bytes (int8 linear weights, float rest, the float embedding
+table left out: it is read a row per step), and `agree`, the greedy-token agreement with the
+fp32 model: the fp32 model's greedy continuation is fed to the int8 model in one forward, and
+`agree` is the share of the new tokens that the int8 model would have picked too (teacher
+forcing, so one early difference does not count as all the later ones). The targets of the
+int8 weight-only row are ≥ 2× Hugging Face fp32 and ≥ 95 % agreement at batch 1.
+
+`--n-layer/--n-embd/--n-head` shrink the model for a quick check that the script runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, matvec_bandwidth, median_seconds  # noqa: E402
+from common import compare, machine, matvec_bandwidth, median_seconds  # noqa: E402
 
 import txblocks  # noqa: E402
+from txblocks.quantize import stored_bytes  # noqa: E402
+
+QUANT_MODES = ("int8_weight_only", "int8_dynamic")
 
 
-def hf_gpt2() -> torch.nn.Module:
+def hf_gpt2(**overrides: int) -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config()).eval()
+    return GPT2LMHeadModel(GPT2Config(**overrides)).eval()
+
+
+def streamed_bytes(model: nn.Module) -> int:
+    """Bytes a decoding step reads: every parameter once, except embedding tables (tokens,
+    learned positions) that the head does not share (a lookup reads one row); int8 weights
+    count as stored."""
+    head = model.head.proj.weight
+    looked_up = {id(m.weight) for m in model.modules()
+                 if isinstance(m, nn.Embedding) and m.weight is not head}
+    total = 0
+    for p in {id(p): p for p in model.parameters()}.values():
+        if id(p) not in looked_up:
+            total += stored_bytes(p)  # int8 data and one float scale per row for int8 weights
+    return total
+
+
+def agreement(model: nn.Module, ids: torch.Tensor, reference: torch.Tensor) -> float:
+    """Share of ``reference``'s new tokens (after ``ids``) that ``model`` picks greedily
+    given the same prefix."""
+    with torch.no_grad():
+        logits = model(reference[:, :-1]).logits
+    chosen = logits[:, ids.shape[1] - 1:].argmax(-1)
+    return float((chosen == reference[:, ids.shape[1]:]).float().mean())
 
 
 def main() -> None:
@@ -33,25 +72,39 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--n-layer", type=int, help="GPT-2 layers (default 12)")
+    parser.add_argument("--n-embd", type=int, help="GPT-2 width (default 768)")
+    parser.add_argument("--n-head", type=int, help="GPT-2 heads (default 12)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 table")
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    hf_fp32 = hf_gpt2()
+    sizes = {k: v for k in ("n_layer", "n_embd", "n_head") if (v := getattr(args, k)) is not None}
+    hf_fp32 = hf_gpt2(**sizes)
+    vocab = hf_fp32.config.vocab_size
     ours_fp32 = txblocks.from_hf(hf_fp32).eval()
-    weight_bytes = sum(p.numel() for p in {id(p): p for p in ours_fp32.parameters()}.values())
-    # The token embedding is read for one row per step, not streamed: leave it out of the bound
-    # unless the head is tied to it (then the head streams it).
+    weight_elements = streamed_bytes(ours_fp32) // 4
+    torch.manual_seed(1)
+    prompts = {batch: torch.randint(0, vocab, (batch, args.prompt)) for batch in args.batches}
+    n = args.new_tokens
+    quantized, references = {}, {}
+    if not args.no_int8:  # made now: the loop below casts the fp32 models to bf16 in place
+        quantized = {m: txblocks.quantize(copy.deepcopy(ours_fp32), m) for m in QUANT_MODES}
+        with torch.no_grad():
+            references = {b: ours_fp32.generate(ids, max_new_tokens=n)
+                          for b, ids in prompts.items()}
+    hf_fp32_rates: dict[int, float] = {}
+    fp32_bandwidth = matvec_bandwidth(torch.float32)
     print(f"{'dtype':6} {'batch':>5} {'HF tok/s':>9} {'ours tok/s':>10} {'ours/HF':>8} "
           f"{'bound tok/s':>11} {'ours/bound':>10}")
     for dtype in (torch.float32, torch.bfloat16):
         hf = hf_fp32.to(dtype)
         ours = ours_fp32.to(dtype)
-        bandwidth = matvec_bandwidth(dtype)
+        bandwidth = fp32_bandwidth if dtype is torch.float32 else matvec_bandwidth(dtype)
         element = torch.tensor([], dtype=dtype).element_size()
-        bound = bandwidth / (weight_bytes * element)
-        for batch in (1, 8):
-            ids = torch.randint(0, 50257, (batch, args.prompt))
+        bound = bandwidth / (weight_elements * element)
+        for batch, ids in prompts.items():
             mask = torch.ones_like(ids)
-            n = args.new_tokens
 
             def run_hf() -> None:
                 hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
@@ -61,11 +114,28 @@ def main() -> None:
                 ours.generate(ids, mask, max_new_tokens=n)
 
             with torch.no_grad():
-                t_hf = median_seconds(run_hf, repeats=args.repeats)
-                t_ours = median_seconds(run_ours, repeats=args.repeats)
+                t = compare({"hf": run_hf, "ours": run_ours}, repeats=args.repeats)
+                t_hf, t_ours = t["hf"], t["ours"]
             hf_rate, our_rate = batch * n / t_hf, batch * n / t_ours
+            if dtype is torch.float32:
+                hf_fp32_rates[batch] = hf_rate
             print(f"{str(dtype).removeprefix('torch.'):6} {batch:5d} {hf_rate:9.1f} {our_rate:10.1f} "
                   f"{our_rate / hf_rate:8.2f} {bound * batch:11.1f} {our_rate / (bound * batch):10.2f}")
+    if not quantized:
+        return
+    print(f"\n{'int8 mode':16} {'batch':>5} {'ours tok/s':>10} {'ours/HF fp32':>12} "
+          f"{'bound tok/s':>11} {'ours/bound':>10} {'agree':>6}")
+    for mode, model in quantized.items():
+        bound = fp32_bandwidth / streamed_bytes(model)
+        for batch, ids in prompts.items():
+            mask = torch.ones_like(ids)
+            with torch.no_grad():
+                t = median_seconds(lambda: model.generate(ids, mask, max_new_tokens=n),
+                                   repeats=args.repeats)
+            rate = batch * n / t
+            agree = agreement(model, ids, references[batch])
+            print(f"{mode:16} {batch:5d} {rate:10.1f} {rate / hf_fp32_rates[batch]:12.2f} "
+                  f"{bound * batch:11.1f} {rate / (bound * batch):10.2f} {agree:6.1%}")
 
 
 if __name__ == "__main__":

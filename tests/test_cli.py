@@ -256,7 +256,7 @@ def test_schema_to_a_file(capsys, tmp_path):
     assert text == schema_text(default_registry())
     schema = json.loads(text)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["discriminator"]["propertyName"] == "arch"
+    assert schema["anyOf"][0]["discriminator"]["propertyName"] == "arch"
 
 
 def test_schema_to_stdout(capsys):

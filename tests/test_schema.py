@@ -63,8 +63,7 @@ def test_every_registered_component_is_in_the_schema(registry):
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_example_validates_against_the_schema(validator, registry, path):
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if "extends" not in raw:
-        validator.validate(raw)  # as written
+    validator.validate(raw)  # as written, `extends:` included
     # resolved: what the spec means after `extends:` and defaults
     spec = load_spec(path, registry=registry)
     validator.validate(spec.model_dump(mode="json", exclude_none=True))
@@ -116,3 +115,9 @@ def test_broken_specs_fail_schema_validation(validator, registry, change):
 def test_unknown_field_error_names_the_field(validator):
     errors = list(validator.iter_errors(_broken(lambda s: s.update(n_head=4))))
     assert errors and any("n_head" in e.message for e in errors)
+
+
+def test_a_spec_without_extends_must_be_whole(validator):
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({"name": "partial", "d_model": 64})
+    validator.validate({"extends": "llama", "name": "partial", "d_model": 64})

@@ -6,6 +6,7 @@ Example::
     spec = txblocks.load_spec("examples/specs/gpt2.yaml")
     model = txblocks.build(spec)
     out = model(input_ids)          # out.logits, out.last_hidden_state, out.aux_loss
+    txblocks.quantize(model, "int8_weight_only")   # int8 inference (needs torchao)
 """
 
 from txblocks.build import build
@@ -15,6 +16,7 @@ from txblocks.errors import (
     KernelUnavailableError,
     PluginError,
     Problem,
+    QuantizationError,
     RegistryError,
     SpecError,
     TxblocksPluginWarning,
@@ -27,6 +29,7 @@ from txblocks.nn.cache import KVCache
 from txblocks.nn.model import ModelOutput, Seq2SeqModel, TransformerModel
 from txblocks.nn.vit import VisionTransformer
 from txblocks.plugins import default_registry, load_registry
+from txblocks.quantize import quantize
 from txblocks.registry import ComponentConfig, Entry, Owner, Registry, slot
 from txblocks.spec import ModelSpec, Slot, load_spec
 
@@ -57,6 +60,7 @@ __all__ = [
     "Owner",
     "PluginError",
     "Problem",
+    "QuantizationError",
     "Registry",
     "RegistryError",
     "Slot",
@@ -68,5 +72,6 @@ __all__ = [
     "hookimpl",
     "load_registry",
     "load_spec",
+    "quantize",
     "slot",
 ]

@@ -14,6 +14,7 @@ from txblocks.nn.dims import ModelDims
 from txblocks.nn.embeddings import Embeddings
 from txblocks.nn.model import Seq2SeqModel, TransformerModel, TransformerStack
 from txblocks.nn.vit import PatchEmbedding, VisionTransformer
+from txblocks.quantize import apply_quantization
 from txblocks.registry import Registry
 from txblocks.spec.checks import dims_of
 from txblocks.spec.io import load_spec
@@ -184,11 +185,14 @@ def build(
     Returns:
         A :class:`TransformerModel` (decoder, encoder), :class:`Seq2SeqModel` or
         :class:`VisionTransformer`, initialised (normal(0, ``init_std``)), in training
-        mode like any new ``nn.Module``; ``model.spec`` holds the spec.
+        mode like any new ``nn.Module``; ``model.spec`` holds the spec. A spec that declares
+        ``quantization`` gives a model whose linear layers are int8 (:func:`txblocks.quantize`),
+        applied after the dtype cast.
 
     Raises:
         SpecError: the spec is invalid.
-        BuildError: the spec is valid but cannot be built here (a CUDA-only kernel on CPU).
+        BuildError: the spec is valid but cannot be built here (a CUDA-only kernel on CPU;
+            a ``quantization`` without torchao installed: :class:`QuantizationError`).
     """
     spec = load_spec(spec, registry=registry)
     device = torch.device(device if device is not None else "cpu")
@@ -199,4 +203,6 @@ def build(
     _after_build(model, spec, registry)
     if dtype is not None:
         model.to(dtype=dtype)
+    if spec.quantization is not None:  # last: int8 weights take no further casts
+        apply_quantization(model, spec.quantization)
     return model

@@ -6,6 +6,10 @@ and ``extends`` dropped, so later default changes cannot change a saved model) a
 ``txblocks.aliases`` (JSON ``{alias: stored name}``: entries that are one tensor, such as a
 tied LM head, are stored once under their first ``state_dict`` name; loading feeds every
 alias). Non-persistent buffers are not in ``state_dict``, so they are not saved.
+
+``quantization`` is written only when the spec sets it, and the file then holds float weights:
+:func:`save` refuses quantized models (int8 weights do not give back the float ones), and
+:func:`load` builds the float model, loads the weights, then quantizes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from txblocks.build import build
-from txblocks.errors import BuildError, SpecError
+from txblocks.errors import BuildError, QuantizationError, SpecError
+from txblocks.quantize import apply_quantization, quantized_linears
 from txblocks.registry import Registry
 from txblocks.spec.io import load_spec
 from txblocks.spec.models import ModelSpec
@@ -193,7 +198,9 @@ def load(path: PathLike, *, device: str | torch.device | None = None,
         strict: as in :func:`load_weights`; with ``False`` what did not load is warned about.
 
     Returns:
-        The model :func:`txblocks.build` makes of the spec, in eval mode, ties restored.
+        The model :func:`txblocks.build` makes of the spec, in eval mode, ties restored. When
+        the stored spec declares ``quantization``, the float model is built, its weights
+        loaded, and then it is quantized (:func:`txblocks.quantize`).
 
     Raises:
         CheckpointError: every problem with the file, its spec (the :class:`SpecError`, e.g.
@@ -218,7 +225,10 @@ def load(path: PathLike, *, device: str | torch.device | None = None,
     try:
         spec = load_spec(data, registry=registry)
         dtype = header.dtype if dtype is None else dtype
-        model = build(spec, device=device, dtype=dtype, registry=registry)
+        # A declared quantization comes after the float weights are in (see _quantize).
+        floating = spec if spec.quantization is None else spec.model_copy(
+            update={"quantization": None})
+        model = build(floating, device=device, dtype=dtype, registry=registry)
     except SpecError as exc:
         raise CheckpointError(path, [f"spec {p}" for p in exc.problems], hint=(
             "the spec stored in the file does not validate here; a component it names may come "
@@ -229,7 +239,25 @@ def load(path: PathLike, *, device: str | torch.device | None = None,
     if not report.ok:
         warnings.warn(f"{path}: loaded with strict=False; " + "; ".join(report.problems),
                       stacklevel=2)
+    if spec.quantization is not None:
+        _quantize(model, spec, path)
     return model.eval()
+
+
+def _quantize(model: nn.Module, spec: ModelSpec, path: Path) -> None:
+    """Apply the quantization that a stored spec declares, to the float weights just loaded."""
+    try:
+        apply_quantization(model, spec.quantization)
+    except QuantizationError as exc:
+        raise CheckpointError(
+            path, f"the spec's quantization cannot be applied here: {exc}") from exc
+    model.spec = spec
+
+
+def _unsaved(spec: ModelSpec) -> set[str]:
+    """Spec fields left out of the header: ``extends`` (resolved), and ``quantization`` when
+    unset, so that files of unquantized models are what they were before the field existed."""
+    return {"extends"} | ({"quantization"} if spec.quantization is None else set())
 
 
 def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -273,9 +301,18 @@ def save(model: nn.Module, path: PathLike, *, metadata: Mapping[str, str] | None
         metadata: extra string pairs for the header; keys may not start with ``txblocks.``.
 
     Raises:
-        CheckpointError: the model has no spec, or the metadata is not str to str.
+        CheckpointError: the model has no spec, the metadata is not str to str, or the model
+            is quantized (save the float model; :func:`load` quantizes a spec that declares it).
     """
     path = Path(path)
+    quantized = quantized_linears(model)
+    if quantized:
+        raise CheckpointError(path, (
+            f"{type(model).__name__} is quantized ({len(quantized)} int8 linear layers, e.g. "
+            f"{quantized[0]}); its int8 weights cannot give back the float weights they were "
+            "rounded from"), action="cannot save", hint=(
+            "save the float model instead, and quantize after loading: "
+            "txblocks.quantize(txblocks.load(path), mode), or `txblocks generate --quantize int8`"))
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise CheckpointError(path, (
@@ -294,6 +331,6 @@ def save(model: nn.Module, path: PathLike, *, metadata: Mapping[str, str] | None
 
     header.update({
         FORMAT_KEY: str(FORMAT), VERSION_KEY: __version__, ALIASES_KEY: json.dumps(aliases),
-        SPEC_KEY: json.dumps(spec.model_dump(mode="json", exclude={"extends"})),
+        SPEC_KEY: json.dumps(spec.model_dump(mode="json", exclude=_unsaved(spec))),
     })
     _write_atomically(path, tensors, header)

@@ -10,13 +10,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from txblocks.errors import BuildError, SpecError
+from txblocks.errors import BuildError, QuantizationError, SpecError, did_you_mean
 from txblocks.plugins import default_registry
 from txblocks.spec.io import load_spec
 from txblocks.spec.schema import schema_text
 from txblocks.train.command import add_train_parser
 
 __all__ = ["main"]
+
+#: ``generate --quantize`` shorthands; any registered quantization mode name works too.
+QUANTIZE_MODES = {"int8": "int8_weight_only", "int8-dynamic": "int8_dynamic"}
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -98,12 +101,27 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     import torch
 
     from txblocks.checkpoint import CheckpointError, load
+    from txblocks.quantize import quantize
     from txblocks.tokenizer import tokenizer_for
 
+    modes = [*QUANTIZE_MODES, *default_registry().names("quantization")]
+    if args.quantize is not None and args.quantize not in modes:
+        console.print(f"unknown --quantize {args.quantize!r}; choose {', '.join(modes)}"
+                      f"{did_you_mean(args.quantize, modes)}", markup=False, highlight=False,
+                      soft_wrap=True)
+        return 1
     try:
         model = load(args.checkpoint, device=args.device)
+        declared = model.spec.quantization
+        if args.quantize is not None and declared is not None:
+            console.print(f"{args.checkpoint}: its spec already declares quantization "
+                          f"{declared.type!r}, applied on load; drop --quantize", markup=False,
+                          highlight=False, soft_wrap=True)
+            return 1
+        if args.quantize is not None:
+            quantize(model, QUANTIZE_MODES.get(args.quantize, args.quantize))
         tokenizer = tokenizer_for(args.tokenizer)
-    except (CheckpointError, RuntimeError, FileNotFoundError) as exc:
+    except (CheckpointError, QuantizationError, RuntimeError, FileNotFoundError) as exc:
         console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return 1
     vocab = model.spec.vocab
@@ -157,6 +175,9 @@ def parser() -> argparse.ArgumentParser:
     ge.add_argument("--eos", type=int, action="append", help="end-of-sequence id (repeatable)")
     ge.add_argument("--tokenizer", help="a Hugging Face tokenizer.json (default: UTF-8 bytes)")
     ge.add_argument("--device", default="cpu")
+    ge.add_argument("--quantize", metavar="MODE",
+                    help="int8 linear layers via torchao (pip install 'txblocks[quant]'): int8 "
+                    "(weight-only) or int8-dynamic (int8 activations too)")
     ge.set_defaults(run=cmd_generate)
     add_train_parser(sub)
     sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")

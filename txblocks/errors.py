@@ -11,6 +11,7 @@ __all__ = [
     "KernelUnavailableError",
     "PluginError",
     "Problem",
+    "QuantizationError",
     "RegistryError",
     "SpecError",
     "TxblocksPluginWarning",
@@ -61,6 +62,11 @@ class PluginError(RuntimeError):
 
 class BuildError(ValueError):
     """A valid spec cannot be turned into modules here (e.g. a CUDA-only kernel on CPU)."""
+
+
+class QuantizationError(BuildError):
+    """A model cannot be quantized as asked: an unknown mode, torchao not installed, a model
+    already quantized."""
 
 
 class KernelUnavailableError(RuntimeError):

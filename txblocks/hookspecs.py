@@ -48,21 +48,23 @@ def txblocks_register(registry: Registry) -> None:
     The factory is called by ``txblocks.build`` with the arguments that its kind
     defines, the validated config instance last:
 
-    ==============  =============================================  ==========================
-    kind            factory(...)                                   returns
-    ==============  =============================================  ==========================
-    ``norm``        ``(dim: int, config)``                         module ``(..., dim) -> same``
-    ``activation``  ``(config)``                                   elementwise module
-    ``ffn``         ``(dim: int, config)``                         module ``(B, T, dim) -> (B, T, dim)``
-                                                                   or ``(out, aux_loss)``
-    ``attention``   ``(config)``                                   an :class:`~txblocks.attention.AttentionKernel`
-    ``mask``        ``(config)``                                   a :class:`~txblocks.attention.MaskStrategy`
-    ``position``    ``(dims: ModelDims, config)``                  a :class:`~txblocks.nn.PositionalScheme`
-    ``head``        ``(dims: ModelDims, embedding, config)``       module ``(B, T, d_model) -> logits``
-    ``adapter``     ``(config)``                                   an object applied by a
-                                                                   ``txblocks_after_build`` hook
-    ``hf_family``   ``(config)``                                   a :class:`txblocks.hf.HFFamily`
-    ==============  =============================================  ==========================
+    ================  =============================================  ==========================
+    kind              factory(...)                                   returns
+    ================  =============================================  ==========================
+    ``norm``          ``(dim: int, config)``                         module ``(..., dim) -> same``
+    ``activation``    ``(config)``                                   elementwise module
+    ``ffn``           ``(dim: int, config)``                         module ``(B, T, dim) -> (B, T, dim)``
+                                                                     or ``(out, aux_loss)``
+    ``attention``     ``(config)``                                   an :class:`~txblocks.attention.AttentionKernel`
+    ``mask``          ``(config)``                                   a :class:`~txblocks.attention.MaskStrategy`
+    ``position``      ``(dims: ModelDims, config)``                  a :class:`~txblocks.nn.PositionalScheme`
+    ``head``          ``(dims: ModelDims, embedding, config)``       module ``(B, T, d_model) -> logits``
+    ``adapter``       ``(config)``                                   an object applied by a
+                                                                     ``txblocks_after_build`` hook
+    ``hf_family``     ``(config)``                                   a :class:`txblocks.hf.HFFamily`
+    ``quantization``  ``(model: nn.Module, config)``                 nothing; quantizes the
+                                                                     model's layers in place
+    ================  =============================================  ==========================
 
     A config field declared with :func:`txblocks.slot` holds a nested component
     (an ffn's activation, for instance); call ``config.activation.build()`` inside

@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from txblocks.build import build
+from txblocks.quantize import stored_bytes
 from txblocks.nn.model import Seq2SeqModel
 from txblocks.spec.models import ModelSpec, Seq2SeqSpec, VitSpec
 
@@ -94,7 +95,7 @@ def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | N
         arch=spec.arch,
         layers=rows,
         parameters=sum(p.numel() for p in unique),
-        parameter_bytes=sum(p.numel() * p.element_size() for p in unique),
+        parameter_bytes=sum(stored_bytes(p) for p in unique),
         seq_len=seq_len,
         forward_flops=counter.get_total_flops(),
     )

@@ -140,7 +140,9 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      "block.attention.mask.window", E("unknown field 'window'; allowed fields: type")),
     # --- a value of the wrong type ------------------------------------------------------------
     ("d-model-string", {"d_model": "big"}, "d_model", "valid integer.*" + E("got 'big'")),
-    ("d-model-fraction", {"d_model": 32.5}, "d_model", "fractional part.*" + E("got 32.5")),
+    ("d-model-fraction", {"d_model": 32.5}, "d_model", "valid integer.*" + E("got 32.5")),
+    ("d-model-bool", {"d_model": True}, "d_model", "valid integer.*" + E("got True")),
+    ("n-layers-string", {"n_layers": "4"}, "n_layers", "valid integer.*" + E("got '4'")),
     ("bias-not-bool", {"block__attention__bias": "maybe"}, "block.attention.bias",
      "valid boolean.*" + E("got 'maybe'")),
     ("eps-not-number", {"block__norm__eps": "tiny"}, "block.norm.eps",

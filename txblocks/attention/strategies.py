@@ -37,10 +37,14 @@ class MaskStrategy:
         name: the registry name of the strategy.
         causal: True when a query never sees a later key; positional schemes
             (T5 causal buckets) and generation read it.
+        cache_window: when set, no later query ever sees a key more than this many
+            positions back, so a KV cache keeps only the last ``cache_window`` keys (a
+            rolling buffer). None (the default) keeps every key.
     """
 
     name: ClassVar[str] = ""
     causal: bool = False
+    cache_window: int | None = None
 
     def __call__(
         self,
@@ -139,7 +143,7 @@ class SlidingWindowStrategy(MaskStrategy):
     def __init__(self, window: int) -> None:
         if window < 1:
             raise ValueError(f"sliding_window: window must be >= 1, got {window}")
-        self.window = window
+        self.window = self.cache_window = window
 
     def __call__(
         self,

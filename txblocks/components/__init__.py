@@ -11,11 +11,12 @@ from txblocks.components import (
     moe,
     norms,
     positions,
+    quantization,
 )
 from txblocks.hookspecs import hookimpl
 from txblocks.registry import Registry
 
-_MODULES = (activations, norms, ffn, attention, masks, positions, heads, moe)
+_MODULES = (activations, norms, ffn, attention, masks, positions, heads, moe, quantization)
 
 
 @hookimpl

@@ -87,7 +87,7 @@ class TransformerStack(nn.Module):
         for block, strategy in zip(self.blocks, self.masks, strict=True):
             attention = block.attention
             layers.append(LayerCache(batch, max_len, attention.n_kv_heads, attention.head_dim,
-                                     dtype=dtype, device=device, window=getattr(strategy, "window", None)))
+                                     dtype=dtype, device=device, window=getattr(strategy, "cache_window", None)))
             if block.cross_attention is not None:
                 cross.append(CrossCache())
         return KVCache(layers, cross)

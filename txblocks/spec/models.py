@@ -26,7 +26,8 @@ __all__ = [
     "VitSpec",
 ]
 
-PositiveInt = Annotated[int, Field(gt=0)]
+# Strict: `d_model: true` or `"32"` is a mistake to report, not a 1 or a 32 to guess.
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 Layout = Literal["pre_norm", "post_norm", "parallel"]
 
@@ -225,6 +226,11 @@ class ModelSpec(SpecModel):
     adapters: list[Slot["adapter"]] = Field(
         default_factory=list,
         description="Adapters applied after build by plugins (e.g. {type: lora, rank: 8}).",
+    )
+    quantization: Slot["quantization"] | None = Field(
+        None,
+        description="Quantize every linear layer for inference after build, or after load puts "
+        "the float weights in (int8_weight_only, int8_dynamic; needs torchao).",
     )
 
     #: The self-attention mask of each stack when the spec names none.

@@ -55,12 +55,27 @@ def spec_models(registry: Registry) -> SpecModels:
 def json_schema(registry: Registry) -> dict[str, Any]:
     """The JSON Schema of a model spec for every component in ``registry``."""
     schema = spec_models(registry).adapter.json_schema()
+    defs = schema.pop("$defs", {})
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
         "title": "txblocks model spec",
-        **schema,
+        # A spec with `extends:` may leave out anything its base gives (even `arch`); it is
+        # checked whole once the base is merged in (`txblocks validate`).
+        "anyOf": [schema, EXTENDING],
+        "$defs": defs,
     }
+
+
+EXTENDING: dict[str, Any] = {
+    "type": "object",
+    "title": "A spec that extends another",
+    "required": ["extends"],
+    "properties": {"extends": {
+        "type": "string",
+        "description": "A shipped preset name, or a spec file relative to this one, to start from.",
+    }},
+}
 
 
 def schema_text(registry: Registry) -> str:

@@ -1,7 +1,9 @@
 """Training out of the box: ``txblocks.train.run(spec)`` and ``txblocks train SPEC``.
 
 Built-in synthetic tasks (generated at run time, no downloads) fit each arch; a plain
-text file trains a decoder byte by byte. See ``docs/training.md``.
+text file trains a decoder byte by byte. See ``docs/training.md``. Under ``torchrun`` the
+same run is data-parallel (``strategy="ddp"`` or ``"fsdp"``), with gradient accumulation
+and resumable checkpoints: ``docs/scale-out.md``.
 
 Example::
 
@@ -14,7 +16,8 @@ from txblocks.train.checkpointing import (
     disable_activation_checkpointing,
     enable_activation_checkpointing,
 )
-from txblocks.train.loop import TrainResult, run
+from txblocks.train.loop import run
+from txblocks.train.result import TrainResult
 from txblocks.train.tasks import (
     DEFAULT_TASKS,
     TASKS,

@@ -26,7 +26,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
             batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
             device=args.device, threads=args.threads, dtype=args.dtype, compile=args.compile,
             activation_checkpointing=args.activation_checkpointing,
-            checkpoint_path=out, console=console)
+            checkpoint_path=out, console=console, strategy=args.strategy,
+            grad_accum=args.grad_accum, save_every=args.save_every,
+            checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     except (TrainError, SpecError, BuildError, CheckpointError) as exc:
         console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return 1
@@ -45,7 +47,8 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     tr.add_argument("--data", metavar="FILE", help="a text file: byte-level next-token training "
                     "of a decoder (vocab_size >= 256) instead of a task")
     tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--batch-size", type=int, default=64, help="examples per step: the global "
+                    "batch, over all processes (default: 64)")
     tr.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warmup "
                     "then cosine)")
     tr.add_argument("--warmup", type=int, help="warmup steps (default: a tenth of --steps, at "
@@ -61,5 +64,21 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                     help="recompute each block's activations in backward to save memory")
     tr.add_argument("--out", metavar="FILE", help="where to save (txblocks.save); default "
                     "SPEC-STEM.safetensors in the current directory")
+    scale = tr.add_argument_group(
+        "scale-out", "data-parallel training under torchrun, e.g. `torchrun --nproc-per-node 4 "
+        "-m txblocks train SPEC --strategy fsdp`, and resumable checkpoints; see "
+        "docs/scale-out.md")
+    scale.add_argument("--strategy", choices=["none", "ddp", "fsdp"], default="none",
+                       help="none: one process; ddp: DistributedDataParallel; fsdp: FSDP2 "
+                       "fully_shard per block (both need torchrun)")
+    scale.add_argument("--grad-accum", type=int, default=1, metavar="K",
+                       help="micro-batches per step and process; --batch-size (the global "
+                       "batch) must divide by processes x K")
+    scale.add_argument("--save-every", type=int, metavar="N", help="write a resumable "
+                       "checkpoint (torch.distributed.checkpoint) every N steps and at the end")
+    scale.add_argument("--checkpoint-dir", metavar="DIR", help="where --save-every writes "
+                       "(DIR/step-N); alone: one checkpoint after the last step")
+    scale.add_argument("--resume", metavar="DIR", help="continue from the latest checkpoint in "
+                       "DIR (or from DIR/step-N itself), as if never interrupted")
     tr.set_defaults(run=cmd_train)
     return tr

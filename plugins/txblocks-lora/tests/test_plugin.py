@@ -194,3 +194,21 @@ def test_a_model_with_adapters_round_trips_through_a_txblocks_checkpoint(tiny, t
     assert list(txblocks_lora.lora_layers(again)) == list(txblocks_lora.lora_layers(model))
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_adapters_applied_from_python_are_recorded_in_the_spec(tiny, tmp_path, ids, gen):
+    from txblocks.checkpoint import load, save
+
+    model = txblocks.build(tiny).eval()
+    assert model.spec.adapters == []
+    txblocks_lora.apply_lora(model, rank=2, targets=["*.qkv"])
+    assert [a.type for a in model.spec.adapters] == ["lora"]
+    assert model.spec.adapters[0].rank == 2
+    with torch.no_grad():
+        for layer in txblocks_lora.lora_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen))
+    save(model, tmp_path / "m.safetensors")
+    again = load(tmp_path / "m.safetensors").eval()
+    assert list(txblocks_lora.lora_layers(again)) == list(txblocks_lora.lora_layers(model))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)

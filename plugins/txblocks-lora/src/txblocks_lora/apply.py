@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
+import txblocks
 from torch import nn
 from txblocks.errors import did_you_mean
 
@@ -123,7 +125,7 @@ def wrap(model: nn.Module, name: str, rank: int, alpha: float, dropout: float,
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig | None = None, *, where: str = "",
-               **params: Any) -> list[str]:
+               record: bool = True, **params: Any) -> list[str]:
     """Wrap every ``nn.Linear`` that ``config.targets`` matches in a :class:`LoRALinear`.
 
     This is what the plugin's ``txblocks_after_build`` hook does for each
@@ -134,6 +136,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None, *, where: str
         config: the adapter; or give its fields as keyword arguments
             (``apply_lora(model, rank=4, targets=["*.ffn.*"])``).
         where: a prefix for error paths (``"adapters[0]"``).
+        record: add the adapter to ``model.spec.adapters`` (when the model has a spec), so
+            that ``txblocks.save`` / ``txblocks.load`` rebuild it; the build hook, which
+            applies adapters the spec already lists, passes False.
 
     Returns:
         The names of the wrapped modules, in module order.
@@ -149,11 +154,30 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None, *, where: str
         config = type(config).model_validate({**config.model_dump(), **params})
     prefix = f"{where}." if where else ""
     names = _match(model, config, prefix)
+    spec = _recorded(model, config) if record else None
     for name in names:
         wrap(model, name, config.rank, config.alpha, config.dropout, config)
     if config.freeze_base:
         mark_only_lora_trainable(model)
+    if spec is not None:
+        model.spec = spec
     return names
+
+
+def _recorded(model: nn.Module, config: LoRAConfig) -> Any:
+    """``model.spec`` with ``config`` added to its adapters, or None (no spec, or the
+    installed registry cannot express it: then a warning says save/load will not rebuild it)."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return None
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data["adapters"] = [*data.get("adapters", []), {"type": "lora", **config.model_dump(mode="json")}]
+    try:
+        return txblocks.load_spec(data)
+    except txblocks.SpecError as exc:
+        warnings.warn(f"LoRA applied, but model.spec cannot list it ({exc}); txblocks.save "
+                      "will write a spec without the adapter", stacklevel=3)
+        return None
 
 
 def _tied(model: nn.Module) -> dict[int, set[int]]:

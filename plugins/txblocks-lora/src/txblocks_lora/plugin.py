@@ -52,4 +52,4 @@ def txblocks_after_build(model: nn.Module, spec: ModelSpec) -> None:
     """Apply every ``{type: lora, ...}`` of ``spec.adapters``, in order."""
     for i, adapter in enumerate(spec.adapters):
         if getattr(adapter, "type", None) == "lora" and isinstance(adapter, LoRAConfig):
-            apply_lora(model, adapter, where=f"adapters[{i}]")
+            apply_lora(model, adapter, where=f"adapters[{i}]", record=False)

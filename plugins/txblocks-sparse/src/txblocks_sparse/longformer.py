@@ -144,7 +144,7 @@ class LongformerStrategy(MaskStrategy):
                 f"longformer: window and block_size must be >= 1 and global_positions >= 0, "
                 f"got {window}, {block_size}, {list(global_positions)}"
             )
-        self.window_size = window  # not `window`: KV caches would keep only that many keys
+        self.window_size = window  # no cache_window: global tokens must stay in a KV cache
         self.causal = causal
         self.global_positions = tuple(sorted(set(global_positions)))
         self.global_prefix = global_prefix
