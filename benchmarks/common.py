@@ -63,12 +63,20 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
-def matvec_bandwidth(dtype: torch.dtype, *, size: int = 4096, repeats: int = 20) -> float:
-    """Bytes per second a matrix-vector product streams from a (size × size) weight."""
-    w = torch.randn(size, size, dtype=dtype)
+def matvec_bandwidth(dtype: torch.dtype, *, size: int = 4096, total_bytes: int = 512 * 2**20,
+                     repeats: int = 5) -> float:
+    """Bytes per second matrix-vector products stream from (size × size) weights.
+
+    The weights add up to ``total_bytes`` (far more than any cache) and are read in turn,
+    as a decoding step reads a model's layers: reading one small matrix again and again
+    would measure the cache instead of memory.
+    """
+    element = torch.tensor([], dtype=dtype).element_size()
+    count = max(1, total_bytes // (size * size * element))
+    weights = [torch.randn(size, size, dtype=dtype) for _ in range(count)]
     x = torch.randn(1, size, dtype=dtype)
-    seconds = median_seconds(lambda: [x @ w.T for _ in range(10)], repeats=repeats) / 10
-    return w.numel() * w.element_size() / seconds
+    seconds = median_seconds(lambda: [x @ w.T for w in weights], repeats=repeats)
+    return count * size * size * element / seconds
 
 
 def matmul_rate(dtype: torch.dtype, *, size: int = 2048, device: str = "cpu") -> float:

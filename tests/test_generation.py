@@ -151,3 +151,16 @@ def test_bad_requests_are_named(decoder, registry):
         registry=registry))
     with pytest.raises(ValueError, match="decoder or seq2seq"):
         encoder.generate(ids)
+
+
+def test_logits_to_keep_gives_the_last_positions_of_the_full_logits(decoder, gen):
+    ids = torch.randint(0, 30, (2, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        full = decoder(ids, mask).logits
+        for keep in (1, 4):
+            torch.testing.assert_close(decoder(ids, mask, logits_to_keep=keep).logits,
+                                       full[:, -keep:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 1"):
+        decoder(ids, logits_to_keep=0)

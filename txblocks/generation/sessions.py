@@ -45,7 +45,8 @@ class DecoderSession:
         return self.input_ids
 
     def prefill(self) -> Tensor:
-        out = self.model(self.input_ids, self.mask, position_ids=self.positions, cache=self.cache)
+        out = self.model(self.input_ids, self.mask, position_ids=self.positions, cache=self.cache,
+                         logits_to_keep=1)
         self.next_position = self.positions[:, -1:] + 1
         return out.logits[:, -1]
 

@@ -224,6 +224,7 @@ class TransformerModel(TransformerStack):
         seq_lens: list[list[int]] | None = None,
         prefix_lengths: Tensor | None = None,
         cache: KVCache | None = None,
+        logits_to_keep: int | None = None,
     ) -> ModelOutput:
         """Run the model.
 
@@ -236,12 +237,20 @@ class TransformerModel(TransformerStack):
             prefix_lengths: (B,) bidirectional prefix lengths (``prefix_lm`` masks).
             cache: from :meth:`new_cache`; the call continues the cached tokens and
                 the returned ``output.cache`` holds them all (incremental decoding).
+            logits_to_keep: apply a per-token head (``lm``, ``token_classifier``) to the
+                last N positions only; generation's prefill needs 1. None = all.
         """
         x, aux = self.run(input_ids, attention_mask, token_type_ids=token_type_ids,
                           position_ids=position_ids, seq_lens=seq_lens, prefix_lengths=prefix_lengths,
                           cache=cache)
         head_mask = attention_mask if cache is None else None
-        logits = self.head(x, head_mask) if self.head is not None else None
+        head_in = x
+        if logits_to_keep is not None:
+            if logits_to_keep < 1:
+                raise ValueError(f"logits_to_keep must be >= 1 (or None for all), got {logits_to_keep}")
+            head_in = x[:, -logits_to_keep:]
+            head_mask = head_mask[:, -logits_to_keep:] if head_mask is not None else None
+        logits = self.head(head_in, head_mask) if self.head is not None else None
         return ModelOutput(last_hidden_state=x, logits=logits, aux_loss=aux, cache=cache)
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Tensor:
