@@ -1,12 +1,13 @@
 """examples/specs/gpt-tiny.yaml, the model `make run` trains on addition.
 
-The full run (about a minute on 2 CPU cores) is opt-in: TXBLOCKS_TRAIN_GPT_TINY=1.
+The full run (about a minute on 2 CPU cores) runs in CI (CI=true) and on request
+(TXBLOCKS_TRAIN_GPT_TINY=1). Its time is a benchmark's business, not a test's: `make run`
+prints it.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,9 @@ def test_gpt_tiny_fits_the_decoder_tasks_and_the_byte_tokenizer(registry):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TXBLOCKS_TRAIN_GPT_TINY"),
-                    reason="a minute of training; set TXBLOCKS_TRAIN_GPT_TINY=1")
-def test_make_run_trains_gpt_tiny_to_95_percent_in_under_3_minutes(tmp_path):
-    start = time.perf_counter()
+@pytest.mark.skipif(not (os.environ.get("TXBLOCKS_TRAIN_GPT_TINY") or os.environ.get("CI")),
+                    reason="a minute of training; runs in CI, or set TXBLOCKS_TRAIN_GPT_TINY=1")
+def test_make_run_trains_gpt_tiny_to_95_percent(tmp_path):
     result = train.run(SPEC, **MAKE_RUN, checkpoint_path=tmp_path / "gpt-tiny.safetensors",
                        eval_examples=1000, console=Console(quiet=True))
-    assert time.perf_counter() - start < 180
     assert result.accuracy >= 0.95
