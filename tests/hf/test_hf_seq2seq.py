@@ -239,13 +239,13 @@ PRESET = {"n_layers": 2, "d_model": 48, "n_heads": 6, "vocab_size": 50}
     [
         ("bart-base", {"max_seq_len": 30, "block": {"ffn": {"hidden": 40}}},
          "BartForConditionalGeneration"),
-        # HF's T5 applies dropout_rate to the attention weights too
-        ("t5-small", {"head_dim": 10, "block": {"ffn": {"hidden": 40},
-                                                "attention": {"dropout": 0.1}}},
+        ("t5-small", {"head_dim": 10, "block": {"ffn": {"hidden": 40}}},
          "T5ForConditionalGeneration"),
+        # HF's T5 applies its one dropout_rate to the attention weights too
         ("t5-small", {"head_dim": 10, "embedding": {"dropout": 0.0},
-                      "block": {"dropout": 0.0, "ffn": {"type": "glu", "hidden": 40,
-                                                        "activation": "gelu_tanh"}},
+                      "block": {"dropout": 0.0, "attention": {"dropout": 0.0},
+                                "ffn": {"type": "glu", "hidden": 40, "activation": "gelu_tanh",
+                                        "dropout": 0.0}},
                       "head": {"tie_embeddings": False, "scale": None}},
          "T5ForConditionalGeneration"),
     ],
