@@ -34,6 +34,9 @@ run: $(STAMP)
 		$(VENV)/bin/txblocks generate build/gpt-tiny.safetensors --prompt $$prompt \
 			--max-new-tokens 4 --eos 10; \
 	done
+	@echo "the same model with int8 weights (torchao):"
+	@$(VENV)/bin/txblocks generate build/gpt-tiny.safetensors --prompt 47+38= --max-new-tokens 4 \
+		--eos 10 --quantize int8
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests $(addsuffix /tests,$(PLUGINS))
