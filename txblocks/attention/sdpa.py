@@ -6,7 +6,6 @@ Shapes: B batch, Tq/Tk query/key length, H query heads, Hkv kv heads, D head_dim
 from __future__ import annotations
 
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 from txblocks.attention.kernel import AttentionCall, AttentionKernel
@@ -50,10 +49,11 @@ class SDPAKernel(AttentionKernel):
         softcap: float | None,
     ) -> Tensor:
         attn_mask, is_causal = mask.sdpa(q.dtype, q.device)  # (B|1, H|1, Tq, Tk) or None
+        # transposes, not einops: this runs in every layer of every decoding step
         out = F.scaled_dot_product_attention(
-            rearrange(q, "b t h d -> b h t d"),
-            rearrange(k, "b t h d -> b h t d"),
-            rearrange(v, "b t h d -> b h t d"),
+            q.transpose(1, 2),  # b t h d -> b h t d
+            k.transpose(1, 2),
+            v.transpose(1, 2),
             attn_mask=attn_mask,
             dropout_p=dropout,
             is_causal=is_causal,
@@ -63,4 +63,4 @@ class SDPAKernel(AttentionKernel):
         empty = mask.empty_rows(q.device)  # (B|1, 1, Tq, 1)
         if empty is not None:
             out = out.masked_fill(empty, 0.0)
-        return rearrange(out, "b h t d -> b t h d")
+        return out.transpose(1, 2)  # b h t d -> b t h d

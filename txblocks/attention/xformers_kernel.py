@@ -25,6 +25,12 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INSTALL_HINT = "install it with `pip install 'txblocks[cuda]'`"
 
 
+@functools.cache
+def _installed() -> bool:
+    """Whether xformers can be imported (looked up once: `auto` asks on every call)."""
+    return importlib.util.find_spec("xformers") is not None
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_problem(device: str) -> str | None:
     """Run a tiny attention on ``device``; say why xformers cannot, or None when it can."""
@@ -77,7 +83,7 @@ class XFormersKernel(AttentionKernel):
                 f"xformers runs on CUDA GPUs only, and this model is on {device.type!r}; "
                 "use kernel 'sdpa' (or 'auto', which picks the best kernel available)"
             ]
-            if importlib.util.find_spec("xformers") is None:
+            if not _installed():
                 reasons.append(f"xformers is not installed; {_INSTALL_HINT}")
             return reasons
         if device.index is None and torch.cuda.is_available():
