@@ -34,6 +34,7 @@ from txblocks import (
     load_spec,
 )
 from txblocks.plugins import AUTOLOAD_ENV, ENTRY_POINT_GROUP, default_registry
+from txblocks.testing.listing import listed_rows
 from txblocks.spec import json_schema
 
 SCALENORM = '''\
@@ -131,19 +132,6 @@ def _squash(text: str) -> str:
     return "".join(text.split())
 
 
-def _table(out: str) -> list[list[str]]:
-    """Rows of a rich table; a row with an empty first cell continues a wrapped one."""
-    table: list[list[str]] = []
-    for line in out.splitlines():
-        if line.strip().startswith("│"):
-            cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-            if cells[0] or not table:
-                table.append(cells)
-            else:
-                table[-1] = [f"{a} {b}".strip() for a, b in zip(table[-1], cells, strict=True)]
-    return table
-
-
 def _builtin_owner_names(registry: Registry) -> set[str]:
     return {e.owner.name for e in registry.entries()}
 
@@ -220,7 +208,7 @@ def test_a_builtins_only_registry_does_not_know_the_plugin(scalenorm, registry):
 
 def test_cli_list_shows_the_plugin_with_its_owner(scalenorm, capsys, fresh_default_registry):
     assert cli.main(["list", "norm"]) == 0
-    table = _table(capsys.readouterr().out)
+    table = listed_rows(capsys.readouterr().out)
     assert [row[:2] for row in table] == [["norm", "layernorm"], ["norm", "rmsnorm"],
                                           ["norm", "scalenorm"]]
     owners = {row[1]: _squash(row[2]) for row in table}
@@ -228,7 +216,7 @@ def test_cli_list_shows_the_plugin_with_its_owner(scalenorm, capsys, fresh_defau
     assert owners["rmsnorm"].startswith("txblocks")
     assert table[2][3].startswith("ScaleNorm")
     assert cli.main(["list", "norm", "scale*"]) == 0
-    assert [row[1] for row in _table(capsys.readouterr().out)] == ["scalenorm"]
+    assert [row[1] for row in listed_rows(capsys.readouterr().out)] == ["scalenorm"]
 
 
 def test_json_schema_contains_the_plugin(scalenorm, registry):

@@ -9,6 +9,7 @@ import txblocks
 import txblocks_linear
 from txblocks import cli, load_registry, load_spec
 from txblocks.plugins import AUTOLOAD_ENV
+from txblocks.testing.listing import listed_rows
 
 DIST = "txblocks-linear"
 COMPONENTS = [("attention", "linear"), ("attention", "performer")]
@@ -54,16 +55,8 @@ def test_the_entry_point_registers_every_component_with_its_distribution(registr
 
 
 def _rows(out: str) -> dict[str, list[str]]:
-    """name -> [kind, name, owner, description] from the CLI's table (wrapped cells joined)."""
-    table: list[list[str]] = []
-    for line in out.splitlines():
-        if line.strip().startswith("│"):
-            cells = [c.strip() for c in line.strip().strip("│").split("│")]
-            if cells[0] or not table:
-                table.append(cells)
-            else:
-                table[-1] = [f"{a} {b}".strip() for a, b in zip(table[-1], cells, strict=True)]
-    return {row[1]: row for row in table}
+    """name -> [kind, name, owner, description] from the CLI's table."""
+    return {row[1]: row for row in listed_rows(out)}
 
 
 def test_cli_lists_the_kernels_with_their_owner(capsys, fresh_default_registry):

@@ -9,6 +9,7 @@ import txblocks
 import txblocks_sparse
 from txblocks import cli, load_registry, load_spec
 from txblocks.plugins import AUTOLOAD_ENV
+from txblocks.testing.listing import listed_rows
 
 DIST = "txblocks-sparse"
 COMPONENTS = [("mask", "longformer"), ("mask", "bigbird"), ("attention", "block_sparse")]
@@ -47,16 +48,8 @@ def test_the_entry_point_registers_every_component_with_its_distribution(monkeyp
 
 
 def _rows(out: str) -> dict[str, list[str]]:
-    """name -> [kind, name, owner, description] from the CLI's table (wrapped cells joined)."""
-    table: list[list[str]] = []
-    for line in out.splitlines():
-        if line.strip().startswith("│"):
-            cells = [c.strip() for c in line.strip().strip("│").split("│")]
-            if cells[0] or not table:
-                table.append(cells)
-            else:
-                table[-1] = [f"{a} {b}".strip() for a, b in zip(table[-1], cells, strict=True)]
-    return {row[1]: row for row in table}
+    """name -> [kind, name, owner, description] from the CLI's table."""
+    return {row[1]: row for row in listed_rows(out)}
 
 
 @pytest.mark.parametrize("kind", ["attention", "mask"])
