@@ -25,10 +25,9 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INSTALL_HINT = "install it with `pip install 'txblocks[cuda]'`"
 
 
-@functools.cache
-def _installed() -> bool:
-    """Whether xformers can be imported (looked up once: `auto` asks on every call)."""
-    return importlib.util.find_spec("xformers") is not None
+#: Whether xformers can be imported, looked up once at import: `auto` asks on every call, and
+#: a lookup per call costs file-system stats (and a functools cache would trip up dynamo).
+_INSTALLED = importlib.util.find_spec("xformers") is not None
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +82,7 @@ class XFormersKernel(AttentionKernel):
                 f"xformers runs on CUDA GPUs only, and this model is on {device.type!r}; "
                 "use kernel 'sdpa' (or 'auto', which picks the best kernel available)"
             ]
-            if not _installed():
+            if not _INSTALLED:
                 reasons.append(f"xformers is not installed; {_INSTALL_HINT}")
             return reasons
         if device.index is None and torch.cuda.is_available():
