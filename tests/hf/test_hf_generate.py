@@ -21,6 +21,8 @@ transformers = pytest.importorskip("transformers")
 
 from txblocks.hf import from_hf
 
+from .conftest import perturbed
+
 VOCAB, NEW = 97, 20
 IDS = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2}
 
@@ -66,15 +68,6 @@ SEQ2SEQ: dict[str, Callable[[], Any]] = {
         max_position_embeddings=40, tie_word_embeddings=False, decoder_start_token_id=2,
         forced_eos_token_id=None, **IDS)),
 }  # fmt: skip
-
-
-def perturbed(factory: Callable[[], Any]) -> Any:
-    torch.manual_seed(0)
-    model = factory()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
 
 
 def prompts(left: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,8 @@ from txblocks.hf.mixtral import MIXTRAL
 from txblocks.hf.weights import copy_weights
 from txblocks.nn.moe import route
 
+from .conftest import perturbed
+
 TOL = 1e-4
 VOCAB, T = 97, 12
 
@@ -30,12 +32,7 @@ def mixtral(cls: str = "MixtralForCausalLM", **kw: Any) -> Any:
             "num_key_value_heads": 2, "vocab_size": VOCAB, "intermediate_size": 40,
             "num_local_experts": 4, "num_experts_per_tok": 2, "max_position_embeddings": 64,
             "initializer_range": 0.1, "bos_token_id": 0, "eos_token_id": 0}  # fmt: skip
-    torch.manual_seed(0)
-    model = getattr(transformers, cls)(transformers.MixtralConfig(**{**base, **kw}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed(lambda: getattr(transformers, cls)(transformers.MixtralConfig(**{**base, **kw})))
 
 
 def batch(side: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,6 +18,8 @@ transformers = pytest.importorskip("transformers")
 
 from txblocks.hf import from_hf, spec_from_hf, to_hf
 
+from .conftest import perturbed
+
 TOL = 1e-4
 VOCAB, T = 97, 12
 SMALL = {"bos_token_id": 0, "eos_token_id": 0}
@@ -85,16 +87,6 @@ CASES: dict[str, tuple[Callable[[], Any], bool]] = {
                 max_window_layers=1), False),
     "qwen2-lm-tied": (decoder("Qwen2", "Qwen2ForCausalLM", tie_word_embeddings=True), False),
 }  # fmt: skip
-
-
-def perturbed(factory: Callable[[], Any], seed: int = 0) -> Any:
-    """The HF model with every parameter moved off its init (biases not 0, norms not 1)."""
-    torch.manual_seed(seed)
-    model = factory()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
 
 
 def batch(encoder: bool, side: str, pad_id: int = 1) -> dict[str, torch.Tensor]:

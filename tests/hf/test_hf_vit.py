@@ -18,6 +18,8 @@ transformers = pytest.importorskip("transformers")
 import txblocks
 from txblocks.hf import from_hf, spec_from_hf, to_hf
 
+from .conftest import perturbed
+
 TOL = 1e-4
 
 
@@ -34,15 +36,6 @@ CASES = {
                                            hidden_act="gelu_new", layer_norm_eps=1e-6),
     "base-with-pooler-square": vit("ViTModel", image_size=8, patch_size=[4, 2], num_channels=1),
 }  # fmt: skip
-
-
-def perturbed(factory: Callable[[], Any]) -> Any:
-    torch.manual_seed(0)
-    model = factory()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
 
 
 def pixels(config: Any) -> torch.Tensor:
