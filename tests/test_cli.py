@@ -12,6 +12,7 @@ import txblocks
 from txblocks import cli
 from txblocks.plugins import default_registry
 from txblocks.spec import schema_text
+from txblocks.testing.listing import listed_rows
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "specs"
 SPECS = sorted(EXAMPLES.glob("*.yaml"))
@@ -36,44 +37,26 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def rows(out: str) -> list[list[str]]:
-    """The body rows of a rich table: cells between '│' separators.
-
-    A row whose first cell is empty continues the previous one (a wrapped cell); its
-    cells are appended to the previous row's with a space.
-    """
-    table: list[list[str]] = []
-    for line in out.splitlines():
-        if not line.strip().startswith("│"):
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells[0] or not table:
-            table.append(cells)
-        else:
-            table[-1] = [flat(f"{a} {b}") for a, b in zip(table[-1], cells, strict=True)]
-    return table
-
-
 # --- list -------------------------------------------------------------------------------------
 
 
 def test_list_everything(capsys):
     status, out = run(capsys, "list")
     assert status == 0
-    listed = {(r[0], r[1]) for r in rows(out)}
+    listed = {(r[0], r[1]) for r in listed_rows(out)}
     registry = default_registry()
     expected = {(e.kind, e.name) for e in registry.entries()}
     assert listed == expected
     kinds = {kind for kind, _ in listed}
     assert {"norm", "ffn", "attention", "mask", "position", "activation", "head"} <= kinds
-    owners = {r[1]: r[2] for r in rows(out)}
+    owners = {r[1]: r[2] for r in listed_rows(out)}
     assert owners["rmsnorm"].startswith("txblocks")
 
 
 def test_list_one_kind(capsys):
     status, out = run(capsys, "list", "norm")
     assert status == 0
-    table = rows(out)
+    table = listed_rows(out)
     assert {r[0] for r in table} == {"norm"}
     assert [r[1] for r in table] == ["layernorm", "rmsnorm"]
     assert all(r[3] for r in table)  # every component has a description
@@ -82,13 +65,13 @@ def test_list_one_kind(capsys):
 def test_list_with_a_pattern(capsys):
     status, out = run(capsys, "list", "position", "r*")
     assert status == 0
-    assert [r[1] for r in rows(out)] == ["relative_bias", "rope"]
+    assert [r[1] for r in listed_rows(out)] == ["relative_bias", "rope"]
 
 
 def test_list_with_a_pattern_that_matches_nothing(capsys):
     status, out = run(capsys, "list", "norm", "zzz*")
     assert status == 0
-    assert rows(out) == []
+    assert listed_rows(out) == []
 
 
 def test_list_unknown_kind(capsys):
@@ -192,7 +175,7 @@ def test_summary_of_gpt2(capsys):
     status, out = run(capsys, "summary", str(EXAMPLES / "gpt2.yaml"), "--seq-len", "16")
     assert status == 0, out
     assert "gpt2 (decoder)" in out
-    table = rows(out)
+    table = listed_rows(out)
     assert [int(r[0]) for r in table] == list(range(12))
     assert {r[1] for r in table} == {"pre_norm"}
     assert {r[3] for r in table} == {"causal"}
@@ -241,7 +224,7 @@ def test_summary_of_a_tiny_spec_with_overrides(capsys, tmp_path):
         encoding="utf-8")
     status, out = run(capsys, "summary", str(spec), "--seq-len", "8")
     assert status == 0, out
-    assert [r[3] for r in rows(out)] == ["causal", "sliding_window(window=8)"] * 2
+    assert [r[3] for r in listed_rows(out)] == ["causal", "sliding_window(window=8)"] * 2
 
 
 # --- schema -----------------------------------------------------------------------------------

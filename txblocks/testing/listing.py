@@ -1,4 +1,4 @@
-"""Reading what ``txblocks list`` printed, for tests that check a plugin is listed."""
+"""Reading the tables the CLI prints, for tests (that a plugin is listed, say)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ __all__ = ["listed_rows"]
 
 
 def listed_rows(out: str) -> list[list[str]]:
-    """The rows of the table that ``txblocks list`` printed: ``[kind, name, owner,
-    description]`` each, with cells that rich wrapped onto several lines joined again."""
+    """The body rows of a table the CLI printed (``txblocks list``: ``[kind, name, owner,
+    description]`` each; ``txblocks summary``'s layers), with cells that rich wrapped onto
+    several lines joined again by single spaces."""
     table: list[list[str]] = []
     for line in out.splitlines():
         if line.strip().startswith("│"):
@@ -15,5 +16,6 @@ def listed_rows(out: str) -> list[list[str]]:
             if cells[0] or not table:
                 table.append(cells)
             else:
-                table[-1] = [f"{a} {b}".strip() for a, b in zip(table[-1], cells, strict=True)]
+                joined = zip(table[-1], cells, strict=True)
+                table[-1] = [" ".join(f"{a} {b}".split()) for a, b in joined]
     return table
