@@ -9,6 +9,7 @@ import txblocks
 import txblocks_lsh
 from txblocks import SpecError, cli, load_registry, load_spec
 from txblocks.plugins import AUTOLOAD_ENV
+from txblocks.testing.listing import listed_rows
 
 DIST = "txblocks-lsh"
 
@@ -45,10 +46,9 @@ def test_the_entry_point_registers_the_kernel_with_its_distribution(registry):
 
 def test_cli_lists_the_kernel_with_its_owner(capsys, fresh_default_registry):
     assert cli.main(["list", "attention", "l*"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if "│ lsh" in line]
-    assert len(lines) == 1
-    cells = [cell.strip() for cell in lines[0].strip().strip("│").split("│")]
-    assert cells[:3] == ["attention", "lsh", f"{DIST} {txblocks_lsh.__version__}"]
+    rows = [row for row in listed_rows(capsys.readouterr().out) if row[1] == "lsh"]
+    assert len(rows) == 1
+    assert rows[0][:3] == ["attention", "lsh", f"{DIST} {txblocks_lsh.__version__}"]
 
 
 def test_the_spec_validates_and_round_trips(registry):
