@@ -83,7 +83,6 @@ def main() -> None:
     hf_fp32 = hf_gpt2(**sizes)
     vocab = hf_fp32.config.vocab_size
     ours_fp32 = txblocks.from_hf(hf_fp32).eval()
-    weight_elements = streamed_bytes(ours_fp32) // 4
     torch.manual_seed(1)
     prompts = {batch: torch.randint(0, vocab, (batch, args.prompt)) for batch in args.batches}
     n = args.new_tokens
@@ -101,8 +100,7 @@ def main() -> None:
         hf = hf_fp32.to(dtype)
         ours = ours_fp32.to(dtype)
         bandwidth = fp32_bandwidth if dtype is torch.float32 else matvec_bandwidth(dtype)
-        element = torch.tensor([], dtype=dtype).element_size()
-        bound = bandwidth / (weight_elements * element)
+        bound = bandwidth / streamed_bytes(ours)  # ours is in `dtype` now
         for batch, ids in prompts.items():
             mask = torch.ones_like(ids)
 
