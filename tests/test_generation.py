@@ -161,6 +161,6 @@ def test_logits_to_keep_gives_the_last_positions_of_the_full_logits(decoder, gen
         full = decoder(ids, mask).logits
         for keep in (1, 4):
             torch.testing.assert_close(decoder(ids, mask, logits_to_keep=keep).logits,
-                                       full[:, -keep:], rtol=0, atol=0)
+                                       full[:, -keep:], rtol=1e-5, atol=1e-5)  # BLAS blocking
     with pytest.raises(ValueError, match="logits_to_keep must be >= 1"):
         decoder(ids, logits_to_keep=0)

@@ -1,11 +1,14 @@
-"""The xformers glue: mask -> AttentionBias, layouts, alignment, errors; CUDA parity.
+"""The xformers glue: masks -> xformers biases and layouts, xformers' verdict, gradients.
 
-On CPU, xformers' kernels do not run, so ``memory_efficient_attention`` is replaced
-by a reference that materializes the bias it receives (checking shape and
-alignment as xformers does) and the whole kernel is compared with eager.
+On CPU xformers' kernels do not run. ``xformers_on_cpu`` (see ``xformers_on_cpu.py``) lets
+xformers' own operators, dispatch and autograd function run on CPU tensors with plain math
+in place of the CUDA kernels, so that the whole path (custom op, layouts, bias padding and
+folding, gradients) is compared with eager, and txblocks' verdict with xformers' dispatch.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -13,50 +16,42 @@ import torch
 from txblocks.attention.eager import EagerKernel
 from txblocks.attention.kernel import AttentionCall
 from txblocks.attention.mask import BlockDiagonalMask, CausalMask, FullMask
-from txblocks.attention.xformers_kernel import XFormersKernel, _dense
+from txblocks.attention.xformers_kernel import XFormersKernel, XFormersPlan, padded_bias
 
 xformers_ops = pytest.importorskip("xformers.ops")
 ab = pytest.importorskip("xformers.ops.fmha.attn_bias")
+
+from txblocks.testing import xformers_on_cpu  # noqa: E402
 
 CPU = torch.device("cpu")
 H = 4
 
 
 def _check_tensor_bias(bias: torch.Tensor, shape: tuple[int, ...]) -> None:
-    """xformers' rule (cutlass ``_check_bias_alignment``): strides aligned to 16 bytes."""
     assert tuple(bias.shape) == shape, (bias.shape, shape)
-    alignment = 128 // torch.finfo(bias.dtype).bits
-    assert all(s % alignment == 0 for s in bias.stride()[:-1]), bias.stride()
-    assert bias.stride(-1) == 1
-
-
-def reference_mea(q, k, v, attn_bias=None, p=0.0, scale=None):
-    """Stands in for xformers.ops.memory_efficient_attention on CPU (BMHK or BMGHK)."""
-    assert p == 0.0
-    out_shape = q.shape
-    if q.ndim == 5:  # (B, M, G, R, K), K/V expanded over R
-        assert k.stride(3) == 0 and v.stride(3) == 0
-        shape = (q.shape[0], q.shape[2], q.shape[3], q.shape[1], k.shape[1])
-        q, k, v = (t.flatten(2, 3) for t in (q, k, v))
-    else:
-        shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    if isinstance(attn_bias, torch.Tensor):
-        _check_tensor_bias(attn_bias, shape)
-        bias = attn_bias
-    elif attn_bias is not None:
-        if isinstance(attn_bias, ab.LowerTriangularMaskWithTensorBias):
-            _check_tensor_bias(attn_bias._bias, shape)
-        bias = attn_bias.materialize(shape, dtype=scores.dtype)
-    else:
-        bias = torch.zeros(shape)
-    scores = scores + bias.reshape(scores.shape[0], -1, *scores.shape[-2:])
-    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).reshape(out_shape)
+    xformers_on_cpu._check_aligned(bias)
 
 
 @pytest.fixture
-def fake_xformers(monkeypatch):
-    monkeypatch.setattr(xformers_ops, "memory_efficient_attention", reference_mea)
+def xformers_cpu(monkeypatch):
+    return xformers_on_cpu.patch(monkeypatch)
+
+
+def _attend(kernel):
+    """``kernel.attend`` as a call: on CPU ``__call__`` would refuse xformers for its device."""
+    return lambda q, k, v, mask, scale: kernel.attend(q, k, v, mask, scale=scale, dropout=0.0,
+                                                      softcap=None)  # fmt: skip
+
+
+def _run(kernel, q, k, v, mask, bias, cotangent, grad=True):
+    leaves = [t.clone().requires_grad_(grad) for t in (q, k, v)]
+    bias_leaf = None if bias is None else bias.clone().requires_grad_(grad)
+    mask = mask.with_bias(bias_leaf)
+    out = kernel(*leaves, mask, scale=0.3)
+    if not grad:
+        return [out]
+    (out.float() * cotangent).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves] + ([] if bias_leaf is None else [bias_leaf.grad])
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
@@ -64,24 +59,88 @@ def fake_xformers(monkeypatch):
 @pytest.mark.parametrize("padding", ["none", "left"])
 @pytest.mark.parametrize("shape", ["square", "cache", "top_left"])
 def test_kernel_glue_matches_eager(mask_case, shape, padding, n_kv_heads, bias, make_mask, gen,
-                                   fake_xformers):  # fmt: skip
+                                   xformers_cpu):  # fmt: skip
     built = make_mask(mask_case, batch=2, shape=shape, padding=padding)
     tq, tk = built.q_len, built.k_len
     q = torch.randn(2, tq, H, 8, generator=gen)
     k, v = (torch.randn(2, tk, n_kv_heads, 8, generator=gen) for _ in range(2))
     bias_t = torch.randn(1, H, tq, tk, generator=gen) if bias else None
     cotangent = torch.randn(2, tq, H, 8, generator=gen)
-    results = []
-    for kernel in (XFormersKernel(), EagerKernel()):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        bias_leaf = None if bias_t is None else bias_t.clone().requires_grad_()
-        mask = built.mask.with_bias(bias_leaf)
-        out = kernel.attend(*leaves, mask, scale=0.3, dropout=0.0, softcap=None)
-        (out * cotangent).sum().backward()
-        extra = [] if bias_leaf is None else [bias_leaf.grad]
-        results.append([out.detach()] + [t.grad for t in leaves] + extra)
-    for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    kernel = XFormersKernel()
+    for grad in (False, True):  # inference (5-D groups where taken) and training layouts
+        got = _run(_attend(kernel), q, k, v, built.mask, bias_t, cotangent, grad)
+        want = _run(EagerKernel(), q, k, v, built.mask, bias_t, cotangent, grad)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert xformers_cpu, "no xformers operator ran"
+
+
+def _forms(q, k, v, mask, grad):
+    """Every form txblocks may hand xformers for this call, in txblocks' order of preference:
+    (structure or fold) x (layout), as ``(plan fields, xformers Inputs)``."""
+    from txblocks.attention.xformers_kernel import _folded, _parts
+    from txblocks.attention.xformers_op import xformers_inputs
+
+    structure, bias = _parts(mask, q.dtype, CPU, q.shape[0])
+    forms = [(structure, bias, False)]
+    if structure is not None:
+        forms.append((None, _folded(mask, q.dtype, CPU), True))
+    layouts = ("groups", "expanded") if q.shape[2] != k.shape[2] else ("heads",)
+    for (s, tensor, folded), layout in itertools.product(forms, layouts):
+        leaves = [t.detach().requires_grad_(grad) for t in (q, k, v)]
+        t = None if tensor is None else tensor.detach().requires_grad_(
+            grad and mask.bias is not None)
+        yield (s, folded, layout), xformers_inputs(*leaves, t, s, layout, 0.3, 0.0)
+
+
+def _xformers_accepts(inp, grad, ran):
+    """Run xformers' public API on ``inp``: its dispatch picks the operators (or refuses)."""
+    ran.clear()
+    try:
+        out = xformers_ops.memory_efficient_attention(
+            inp.query, inp.key, inp.value, attn_bias=inp.attn_bias, p=inp.p, scale=inp.scale)
+        if grad:
+            out.float().sum().backward()
+    except NotImplementedError as exc:
+        assert "No operator found" in str(exc), exc
+        return None
+    return tuple(ran)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("head_dim", [8, 6], ids=["d8", "d6"])
+def test_verdict_is_xformers_dispatch(mask_case, dtype, head_dim, make_mask, gen, xformers_cpu):
+    """mask x shape x padding x heads x dtype x bias x needs-grad: txblocks runs a call
+    exactly when xformers' own dispatch accepts one of the forms txblocks may give it, the
+    first such form, through the operators xformers' dispatch picks for it."""
+    kernel = XFormersKernel()
+    for shape, padding, hkv, bias, grad in itertools.product(
+            ("square", "cache", "top_left"), ("none", "left"), (4, 2), (False, True),
+            (False, True)):  # fmt: skip
+        built = make_mask(mask_case, batch=2, shape=shape, padding=padding)
+        q = torch.randn(2, built.q_len, H, head_dim, generator=gen, dtype=dtype)
+        k = torch.randn(2, built.k_len, hkv, head_dim, generator=gen, dtype=dtype)
+        mask = built.mask
+        if bias:
+            mask = mask.with_bias(torch.randn(1, H, built.q_len, built.k_len, dtype=dtype,
+                                              generator=gen).requires_grad_(grad))  # fmt: skip
+        setting = f"{shape=}, {padding=}, {hkv=}, {bias=}, {grad=}"
+        leaves = [t.requires_grad_(grad) for t in (q, k, k.clone())]
+        with torch.set_grad_enabled(grad):
+            plan = kernel.plan(AttentionCall.of(leaves[0], leaves[1], mask, v=leaves[2]))
+            accepted = None
+            for fields, inp in _forms(*leaves, mask, grad):
+                ops = _xformers_accepts(inp, grad, xformers_cpu)
+                if ops is not None:
+                    accepted = (fields, ops)
+                    break
+        if accepted is None:
+            assert not isinstance(plan, XFormersPlan), f"{setting}: xformers refuses, txblocks {plan}"
+            assert plan and all("forward" in r or "backward" in r for r in plan), plan
+            continue
+        assert isinstance(plan, XFormersPlan), f"{setting}: xformers accepts, txblocks: {plan}"
+        assert (plan.structure, plan.folded, plan.layout) == accepted[0], setting
+        assert (plan.forward_op, *([plan.backward_op] if grad else [])) == accepted[1], setting
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
@@ -116,7 +175,7 @@ def test_bias_materializes_to_the_dense_mask(mask_case, shape, padding, bias, ma
     torch.testing.assert_close(mat[keep], values.expand(2, H, -1, -1)[keep])
 
 
-def test_one_row_of_seq_lens_for_the_batch(gen, fake_xformers):
+def test_one_row_of_seq_lens_for_the_batch(gen, xformers_cpu):
     mask = BlockDiagonalMask(6, 6, seq_lens=[[2, 4]])  # broadcast over B=3 rows
     q, k, v = (torch.randn(3, 6, H, 8, generator=gen) for _ in range(3))
     out = XFormersKernel().attend(q, k, v, mask, scale=0.3, dropout=0.0, softcap=None)
@@ -148,13 +207,18 @@ def test_xformers_classes_are_used_where_exact(gen):
     assert isinstance(bias_of(CausalMask(7, 3)), torch.Tensor)  # rows with no key: finite
 
 
-def test_dense_bias_is_aligned_for_xformers(gen):
+def test_bias_rows_are_aligned_for_xformers(gen):
+    from txblocks.attention.xformers_op import xformers_inputs
+
     bias = torch.randn(1, H, 5, 5, generator=gen, dtype=torch.float16)
-    dense = _dense(bias, batch=3, heads=H, groups=H)
+    padded = padded_bias(bias)
+    q = torch.randn(3, 5, H, 8, dtype=torch.float16)
+    k = torch.randn(3, 5, 2, 8, dtype=torch.float16)
+    dense = xformers_inputs(q, k, k, padded, None, "expanded", 0.3, 0.0).attn_bias
     _check_tensor_bias(dense, (3, H, 5, 5))
     assert torch.equal(dense, bias.expand(3, H, 5, 5))
-    grouped = _dense(bias, batch=3, heads=H, groups=2)  # GQA: (B, G, R, Tq, Tk)
-    _check_tensor_bias(grouped, (3, 2, H // 2, 5, 5))
+    grouped = xformers_inputs(q, k, k, padded, None, "groups", 0.3, 0.0).attn_bias
+    _check_tensor_bias(grouped, (3, 2, H // 2, 5, 5))  # GQA: (B, G, R, Tq, Tk)
     assert torch.equal(grouped.flatten(1, 2), bias.expand(3, H, 5, 5))
 
 

@@ -29,6 +29,7 @@ from txblocks.testing import (
     check_norm,
     check_positional_scheme,
 )
+from txblocks.attention.xformers_bias import XFormersStructure
 from txblocks.testing.forms import xformers_attn_bias
 
 KINDS = ("attention", "mask", "position", "norm", "ffn", "activation")
@@ -177,8 +178,8 @@ class _AlwaysIsCausal(CausalMask):
 
 
 class _TopLeftForXFormers(CausalMask):
-    def _xformers_structure(self, attn_bias, device):
-        return attn_bias.LowerTriangularMask()  # wrong for a KV cache (bottom-right)
+    def _xformers_structure(self):
+        return XFormersStructure("LowerTriangularMask")  # wrong for a KV cache (bottom-right)
 
 
 @pytest.mark.parametrize(("strategy", "reference", "match"), [

@@ -1,4 +1,4 @@
-"""``auto``: the highest-priority kernel that can run each call, and why the others cannot.
+"""``auto``: the fastest kernel that can run each call, and why the others cannot.
 
 Shapes: B batch, Tq/Tk query/key length, H query heads, Hkv kv heads, D head_dim.
 """
@@ -18,13 +18,16 @@ __all__ = ["AutoKernel"]
 
 
 class AutoKernel(AttentionKernel):
-    """Dispatch each call to the highest-priority candidate whose ``why_not`` is empty.
+    """Dispatch each call to the fastest candidate whose ``why_not`` is empty.
 
-    Like xformers' operator dispatch: on CUDA xformers (priority 100), elsewhere
-    SDPA (50), and the eager reference (0) for what neither supports (softcap).
+    Candidates are tried by their :meth:`~AttentionKernel.cost_rank` for the call (lower
+    first), ties by ``priority``: SDPA for no mask, an exact causal mask and decoding
+    steps; xformers (on CUDA) for the structures it runs without a dense mask and the
+    tensor biases it takes as they are; SDPA for what needs a dense mask; the eager
+    reference last (softcap). The measured reasons are in docs/gpu.md.
 
     Args:
-        candidates: the kernels to choose from (tried by decreasing ``priority``).
+        candidates: the kernels to choose from.
 
     Raises:
         ValueError: no candidates.
@@ -59,7 +62,8 @@ class AutoKernel(AttentionKernel):
                 candidate with its reasons.
         """
         reasons: dict[str, list[str]] = {}
-        for kernel in self.candidates:
+        ranked = sorted(self.candidates, key=lambda kernel: kernel.cost_rank(call))  # stable
+        for kernel in ranked:
             reasons[kernel.name] = kernel.why_not(call)
             if not reasons[kernel.name]:
                 return kernel

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from txblocks.attention.kernel import AttentionKernel
+from txblocks.attention.kernel import AttentionCall, AttentionKernel
 from txblocks.attention.mask import AttentionMask
 
 __all__ = ["EagerKernel"]
@@ -29,6 +29,9 @@ class EagerKernel(AttentionKernel):
 
     name = "eager"
     priority = 0
+
+    def cost_rank(self, call: AttentionCall) -> int:
+        return 100  # the reference: every other kernel first
 
     def attend(
         self,

@@ -7,7 +7,7 @@ Hkv key/value heads (H % Hkv == 0), D head_dim. q is (B, Tq, H, D), k and v are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -16,12 +16,22 @@ from torch import Tensor
 from txblocks.attention.mask import AttentionMask
 from txblocks.errors import KernelUnavailableError
 
-__all__ = ["AttentionCall", "AttentionKernel"]
+__all__ = ["SHORT_QUERY", "AttentionCall", "AttentionKernel"]
+
+#: Queries this short are decoding steps: ``auto`` sends them to SDPA, which has the least
+#: Python per call (docs/gpu.md, "Which kernel auto picks").
+SHORT_QUERY = 8
 
 
 @dataclass(frozen=True)
 class AttentionCall:
-    """Everything a kernel needs to know to decide whether it can run one call."""
+    """Everything a kernel needs to know to decide whether it can run one call.
+
+    ``requires_grad`` is True when autograd will need gradients of q, k, v or the mask's
+    bias (a backward pass). ``q``, ``k`` and ``v`` are the call's tensors when it is made
+    from them (:meth:`of`), so that a kernel can put their exact layout to its library;
+    None for a call described by its sizes alone (``summary``, ``doctor``).
+    """
 
     device: torch.device
     dtype: torch.dtype
@@ -35,6 +45,9 @@ class AttentionCall:
     dropout: float = 0.0
     softcap: float | None = None
     requires_grad: bool = False
+    q: Tensor | None = field(default=None, compare=False, repr=False)
+    k: Tensor | None = field(default=None, compare=False, repr=False)
+    v: Tensor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -62,6 +75,9 @@ class AttentionCall:
             dropout=dropout,
             softcap=softcap,
             requires_grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors),
+            q=q,
+            k=k,
+            v=v,
         )
 
     def __str__(self) -> str:
@@ -69,17 +85,18 @@ class AttentionCall:
             f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')}, "
             f"B={self.batch}, Tq={self.q_len}, Tk={self.k_len}, H={self.n_heads}, "
             f"Hkv={self.n_kv_heads}, D={self.head_dim}, mask={type(self.mask).__name__}, "
-            f"dropout={self.dropout}, softcap={self.softcap}"
+            f"dropout={self.dropout}, softcap={self.softcap}, "
+            f"grad={'yes' if self.requires_grad else 'no'}"
         )
 
 
 class AttentionKernel:
     """Computes ``softmax(q kᵀ · scale [softcapped] + mask) v`` (Vaswani et al. 2017).
 
-    Subclasses implement :meth:`attend` and extend :meth:`why_not` /
-    :meth:`why_not_on` with what they cannot do, so that ``auto`` can pick the
-    highest-priority kernel that can run a call (like xformers'
-    ``not_supported_reasons``).
+    Subclasses implement :meth:`attend`, extend :meth:`why_not` / :meth:`why_not_on`
+    with what they cannot do (like xformers' ``not_supported_reasons``) and may say
+    through :meth:`cost_rank` how fast they run a call, so that ``auto`` can pick the
+    fastest kernel that can run it.
 
     Every kernel honours the shared contract: GQA shares kv head ``h // (H/Hkv)``
     with query head h; a query row with no allowed key outputs exactly 0 and has
@@ -87,7 +104,7 @@ class AttentionKernel:
 
     Attributes:
         name: the registry name.
-        priority: higher wins in ``auto``.
+        priority: breaks ties between equal ranks in ``auto`` (higher wins).
     """
 
     name: ClassVar[str] = "kernel"
@@ -96,6 +113,13 @@ class AttentionKernel:
     def why_not_on(self, device: torch.device) -> list[str]:
         """Reasons this kernel can never run on ``device`` (checked at build time); [] = can."""
         return []
+
+    def cost_rank(self, call: AttentionCall) -> int:
+        """How fast this kernel runs ``call`` against the others: lower is faster. ``auto``
+        runs the lowest rank that can run the call, ties to the higher ``priority``. The
+        built-ins rank by measured rules (docs/gpu.md): SDPA 10 or 30, xformers 20 or 40,
+        eager 100; a plugin kernel that does not say ranks 50."""
+        return 50
 
     def why_not(self, call: AttentionCall) -> list[str]:
         """Reasons this kernel cannot run ``call``; [] = it can."""

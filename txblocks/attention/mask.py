@@ -14,11 +14,12 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from txblocks.attention.xformers_bias import XFormersStructure
 
 __all__ = ["AttentionMask", "BlockDiagonalMask", "CausalMask", "FullMask", "PrefixLMMask"]
 
@@ -90,9 +91,14 @@ class AttentionMask:
         """True when :meth:`structure` is exactly SDPA's ``is_causal`` (top-left triangle)."""
         return False
 
-    def _xformers_structure(self, attn_bias: ModuleType, device: torch.device) -> Any:
-        """An xformers ``AttentionBias`` equal to :meth:`structure` (no rows empty), else None."""
+    def _xformers_structure(self) -> XFormersStructure | None:
+        """The xformers ``AttentionBias`` class equal to :meth:`structure` (no rows empty), as a
+        plain description; None when xformers has no such class."""
         return None
+
+    def _allows_everything(self) -> bool:
+        """True when :meth:`structure` is None (known without building a tensor)."""
+        return type(self).structure is AttentionMask.structure
 
     def _every_row_kept(self) -> bool:
         """True when the structure alone leaves every query at least one key (known without
@@ -150,6 +156,14 @@ class AttentionMask:
             bias = torch.zeros((), dtype=dtype, device=device)
         return torch.where(keep, bias, torch.finfo(dtype).min)
 
+    def sdpa_needs_tensor(self) -> bool:
+        """True when SDPA needs a dense ``(B|1, H|1, Tq, Tk)`` mask tensor for this call
+        (key padding, an additive bias, or a structure that is neither everything
+        nor ``is_causal``). Known without building a tensor."""
+        if self.key_padding is not None or self.bias is not None:
+            return True
+        return not (self._allows_everything() or self._sdpa_is_causal())
+
     def sdpa(self, dtype: torch.dtype, device: Device) -> tuple[Tensor | None, bool]:
         """``(attn_mask, is_causal)`` for :func:`torch.nn.functional.scaled_dot_product_attention`.
 
@@ -166,26 +180,31 @@ class AttentionMask:
             return None, True
         return self.additive(dtype, device), False
 
-    def xformers(self, dtype: torch.dtype, device: Device) -> Any:
-        """The bias for ``xformers.ops.memory_efficient_attention``.
+    def xformers_parts(
+        self, dtype: torch.dtype, device: Device
+    ) -> tuple[XFormersStructure | None, Tensor | None]:
+        """What ``xformers.ops.memory_efficient_attention`` takes, as plain parts.
 
-        An ``xformers.ops.fmha.attn_bias.AttentionBias`` where xformers has a class
-        for this structure (and there is no key padding), else the dense additive
-        tensor ``(B|1, H|1, Tq, Tk)``, else None. Block-diagonal biases describe
-        the batch flattened to ``(1, B*T)``; the kernel reshapes.
+        ``(structure, tensor)``: an xformers bias class where one is exact (no key padding),
+        carrying the positional bias when the class takes a tensor; else no structure and
+        the dense additive tensor ``(B|1, H|1, Tq, Tk)`` (or None: no mask at all).
+        Block-diagonal structures describe the batch flattened to ``(1, B*T)``.
         """
-        from xformers.ops.fmha import attn_bias  # optional dependency: import lazily
-
-        device = torch.device(device)
         if self.key_padding is None:
-            fast = self._xformers_structure(attn_bias, device)
+            fast = self._xformers_structure()
             if fast is not None and self.bias is None:
-                return fast
-            if type(fast) is attn_bias.LowerTriangularMask:
-                return attn_bias.LowerTriangularMaskWithTensorBias(
-                    self.bias.to(device=device, dtype=dtype)  # type: ignore[union-attr]
-                )
-        return self.additive(dtype, device)
+                return fast, None
+            if fast is not None and fast.kind == "LowerTriangularMask":
+                tensor = self.bias.to(device=device, dtype=dtype)  # type: ignore[union-attr]
+                return XFormersStructure("LowerTriangularMaskWithTensorBias"), tensor
+        return None, self.additive(dtype, device)
+
+    def xformers(self, dtype: torch.dtype, device: Device) -> Any:
+        """The bias for ``xformers.ops.memory_efficient_attention``: an
+        ``xformers.ops.fmha.attn_bias.AttentionBias`` object or a tensor (see
+        :meth:`xformers_parts`); imports xformers."""
+        structure, tensor = self.xformers_parts(dtype, device)
+        return tensor if structure is None else structure.build(tensor, device)
 
     def with_bias(self, bias: Tensor | None) -> AttentionMask:
         """A copy with the additive ``bias (B|1, H|1, Tq, Tk)`` added to any existing one."""
@@ -216,9 +235,12 @@ class CausalMask(AttentionMask):
         if self.window is not None and self.window < 1:
             raise ValueError(f"CausalMask: window must be >= 1, got {self.window}")
 
-    def structure(self, device: Device) -> Tensor | None:
+    def _allows_everything(self) -> bool:
         last = self.q_offset + self.q_len - 1
-        if self.q_offset >= self.k_len - 1 and (self.window is None or self.window > last):
+        return self.q_offset >= self.k_len - 1 and (self.window is None or self.window > last)
+
+    def structure(self, device: Device) -> Tensor | None:
+        if self._allows_everything():
             return None  # every query sees every key (a decoding step): no mask at all
         q, k = self.positions(device)
         keep = k <= q
@@ -233,15 +255,16 @@ class CausalMask(AttentionMask):
         # the query at p keeps key p itself, which exists when 0 <= p < Tk
         return 0 <= self.q_offset <= self.k_len - self.q_len
 
-    def _xformers_structure(self, attn_bias: ModuleType, device: torch.device) -> Any:
+    def _xformers_structure(self) -> XFormersStructure | None:
         bottom_right = self.q_offset == self.k_len - self.q_len and self.q_offset >= 0
         if self.window is None and self.q_offset == 0:
-            return attn_bias.LowerTriangularMask()
+            return XFormersStructure("LowerTriangularMask")
         if self.window is None and bottom_right:
-            return attn_bias.LowerTriangularFromBottomRightMask()
+            return XFormersStructure("LowerTriangularFromBottomRightMask")
         if self.window is not None and bottom_right:
             # xformers' window_size counts keys i - w < j <= i, as ours does.
-            return attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(self.window)
+            return XFormersStructure("LowerTriangularFromBottomRightLocalAttentionMask",
+                                     window=self.window)
         return None
 
 
@@ -331,11 +354,11 @@ class BlockDiagonalMask(AttentionMask):
             keep = keep & (k > q - self.window)
         return keep
 
-    def _xformers_structure(self, attn_bias: ModuleType, device: torch.device) -> Any:
+    def _xformers_structure(self) -> XFormersStructure | None:
         if self.q_len != self.k_len or self.q_offset != 0:
             return None
-        flat = [n for row in self.seq_lens for n in row if n > 0]  # batch flattened to (1, B*T)
-        mask = attn_bias.BlockDiagonalMask.from_seqlens(flat, device=device)
+        flat = tuple(n for row in self.seq_lens for n in row if n > 0)  # batch as (1, B*T)
         if self.window is not None:
-            return mask.make_local_attention(self.window)
-        return mask.make_causal() if self.causal else mask
+            return XFormersStructure("BlockDiagonalCausalLocalAttentionMask", self.window, flat)
+        kind = "BlockDiagonalCausalMask" if self.causal else "BlockDiagonalMask"
+        return XFormersStructure(kind, seqlens=flat)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from txblocks.attention.kernel import AttentionCall, AttentionKernel
+from txblocks.attention.kernel import SHORT_QUERY, AttentionCall, AttentionKernel
 from txblocks.attention.mask import AttentionMask
 
 __all__ = ["SDPAKernel"]
@@ -25,6 +25,11 @@ class SDPAKernel(AttentionKernel):
 
     name = "sdpa"
     priority = 50
+
+    def cost_rank(self, call: AttentionCall) -> int:
+        """10 for no mask, an exact causal mask or a decoding step (its fused kernels, the
+        least Python per call); 30 when it needs a dense mask tensor."""
+        return 10 if call.q_len <= SHORT_QUERY or not call.mask.sdpa_needs_tensor() else 30
 
     def why_not(self, call: AttentionCall) -> list[str]:
         reasons = super().why_not(call)
