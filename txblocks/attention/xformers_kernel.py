@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -80,17 +81,16 @@ class XFormersPlan:
         return self.folded
 
 
-@dataclass(frozen=True)
-class _Key:
-    """Everything xformers' verdict depends on, as plain values (hashable, and constant for
-    ``torch.compile``)."""
+class _Key(NamedTuple):
+    """Everything xformers' verdict depends on, as plain values (hashable, and constants
+    that ``torch.compile`` can hand :func:`_plan`)."""
 
     dtype: torch.dtype
     device: str
     q: tuple[tuple[int, ...], tuple[int, ...]]  # shape, stride
     k: tuple[tuple[int, ...], tuple[int, ...]]
     v: tuple[tuple[int, ...], tuple[int, ...]]
-    structure: XFormersStructure | None
+    structure: tuple[str, int, tuple[int, ...]] | None  # an XFormersStructure's fields
     bias: tuple[tuple[int, ...], tuple[int, ...], bool] | None  # shape, stride, requires grad
     dense: tuple[tuple[int, ...], tuple[int, ...], bool] | None  # the folded form, same
     dropout: float
@@ -113,8 +113,10 @@ def _standin(form: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 @torch.compiler.assume_constant_result
-def _plan(key: _Key) -> XFormersPlan | tuple[str, ...]:
-    return _plan_cached(key)
+def _plan(*key: object) -> XFormersPlan | tuple[str, ...]:
+    """:func:`_plan_cached` of ``_Key(*key)``; dynamo calls it at trace time and keeps the
+    answer as a constant, so no xformers code enters a compiled graph."""
+    return _plan_cached(_Key(*key))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,13 +129,14 @@ def _plan_cached(key: _Key) -> XFormersPlan | tuple[str, ...]:
     if device.type != "cuda" or not torch.cuda.is_available():
         device = torch.device("meta")
     q, k, v = (_standin(form, key.dtype, device) for form in (key.q, key.k, key.v))
+    structure = None if key.structure is None else XFormersStructure(*key.structure)
     q.requires_grad_(key.needs_grad)
     bias = None if key.bias is None else _standin(key.bias, key.dtype, device)
     dense = None if key.dense is None else _standin(key.dense, key.dtype, device)
     grouped = q.shape[2] != k.shape[2]
     layouts = ("groups", "expanded") if grouped else ("heads",)
-    forms = [(key.structure, bias, False)]
-    if key.structure is not None:  # the same mask as one dense tensor: every operator takes it
+    forms = [(structure, bias, False)]
+    if structure is not None:  # the same mask as one dense tensor: every operator takes it
         forms.append((None, dense, True))
     reasons: list[str] = []
     for (structure, tensor, folded), layout in ((f, lay) for f in forms for lay in layouts):
@@ -199,7 +202,7 @@ class XFormersKernel(AttentionKernel):
     def plan(self, call: AttentionCall) -> XFormersPlan | tuple[str, ...]:
         """How xformers runs ``call``, or xformers' reasons why it cannot (device reasons set
         aside off CUDA: there the answer is what a GPU would say)."""
-        return _plan(_key(call, *_parts(call.mask, call.dtype, call.device, call.batch)))
+        return _plan(*_key(call, *_parts(call.mask, call.dtype, call.device, call.batch)))
 
     def cost_rank(self, call: AttentionCall) -> int:
         """20 where xformers runs the mask as a structure or takes its tensor bias as it is
@@ -231,7 +234,7 @@ class XFormersKernel(AttentionKernel):
 
         call = AttentionCall.of(q, k, mask, dropout, softcap, v=v)
         structure, bias = _parts(mask, q.dtype, q.device, q.shape[0])
-        plan = _plan(_key(call, structure, bias))
+        plan = _plan(*_key(call, structure, bias))
         if isinstance(plan, tuple):  # attend() is called on checked calls only
             raise RuntimeError("xformers cannot run this call: " + "; ".join(plan))
         tensor = _folded(mask, q.dtype, q.device) if plan.folded else bias
@@ -286,7 +289,8 @@ def _key(call: AttentionCall, structure: XFormersStructure | None, bias: Tensor 
         q=forms["q"],
         k=forms["k"],
         v=forms["v"],
-        structure=structure,
+        structure=None if structure is None else (
+            structure.kind, structure.window, structure.seqlens),
         bias=_form(bias, grad=call.requires_grad),
         # the fold's rules depend on its row alignment and whether it needs a gradient only
         dense=None if structure is None else (

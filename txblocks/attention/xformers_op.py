@@ -45,8 +45,10 @@ def xformers_inputs(
     layout: str,
     scale: float,
     p: float,
+    bias_grad: bool = False,
 ) -> Any:
-    """The ``xformers.ops.fmha.Inputs`` for one call, in xformers' layout."""
+    """The ``xformers.ops.fmha.Inputs`` for one call, in xformers' layout. With ``bias_grad``
+    the bias xformers sees requires grad (inside a custom op nothing does: autograd is off)."""
     from xformers.ops import fmha
 
     batch, q_len, heads, _ = q.shape
@@ -55,6 +57,8 @@ def xformers_inputs(
         bias = bias[..., :k_len].expand(batch, heads, q_len, k_len)
         if layout == "groups":
             bias = bias.unflatten(1, (groups, heads // groups))
+        if bias_grad:
+            bias = bias.detach().requires_grad_()  # the same strides: xformers reads them
     if layout == "groups":
         q = q.unflatten(2, (groups, heads // groups))
         k, v = (t.unsqueeze(3).expand(-1, -1, -1, heads // groups, -1) for t in (k, v))
@@ -148,10 +152,8 @@ def attention_backward(
     """Gradients (dq, dk, dv, dbias) of :func:`attention`; dbias is empty unless ``bias_grad``."""
     from xformers.ops.fmha import Context
 
-    if bias is not None and bias_grad:
-        bias = bias.detach().requires_grad_()  # xformers computes what requires grad
     structure = _structure(kind, window, seqlens)
-    inp = xformers_inputs(q, k, v, bias, structure, layout, scale, p)
+    inp = xformers_inputs(q, k, v, bias, structure, layout, scale, p, bias_grad=bias_grad)
     as_query = inp.query.shape  # out and its gradient come in q's xformers layout
     ctx = Context(lse=lse, out=out.reshape(as_query), rng_state=_rng_back(seed, offset))
     grads = operator(backward_op).apply(ctx, inp, grad.reshape(as_query))
