@@ -7,6 +7,14 @@ A plugin is a module named by an entry point in the ``txblocks`` group::
 
 It implements hooks by decorating functions with :data:`txblocks.hookimpl`.
 txblocks' own built-in components are registered through exactly this door.
+
+A hook's arguments must be named as below (a subset is fine). An installed plugin
+whose hooks do not match (a wrong argument name, a misspelt hook such as
+``txblocks_regsiter``), that implements no hook, or whose ``txblocks_register``
+raises, is skipped with a :class:`txblocks.TxblocksPluginWarning` naming it; the
+other plugins still load (:func:`txblocks.plugins.plugin_status` lists what
+happened to each). To implement a hook that only a newer txblocks defines, mark it
+``@txblocks.hookimpl(optionalhook=True)``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,11 @@ def txblocks_register(registry: Registry) -> None:
     Returns:
         Nothing; every result is ignored.
 
+    If this hook raises (that ``RegistryError`` included), everything it added is
+    undone and the plugin is skipped with a warning naming it and the error; a plugin
+    passed to ``load_registry(plugins=[...])`` raises :class:`txblocks.PluginError`
+    instead.
+
     The factory is called by ``txblocks.build`` with the arguments that its kind
     defines, the validated config instance last:
 
@@ -69,6 +82,11 @@ def txblocks_register(registry: Registry) -> None:
     A config field declared with :func:`txblocks.slot` holds a nested component
     (an ffn's activation, for instance); call ``config.activation.build()`` inside
     the factory to get its module.
+
+    What a factory returns is checked when it is built: a factory that raises, or
+    returns None or the wrong type for its kind (the table's kinds from ``norm`` to
+    ``head``), gives a :class:`txblocks.BuildError` naming the spec path, the
+    component and the plugin that registered it.
     """
 
 

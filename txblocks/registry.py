@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,12 +12,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from txblocks.errors import RegistryError, did_you_mean
+from txblocks.errors import BuildError, RegistryError, SpecError, did_you_mean
 
 if TYPE_CHECKING:
     from txblocks.nn.dims import ModelDims
 
-__all__ = ["ComponentConfig", "Entry", "Owner", "Registry", "slot"]
+__all__ = ["ComponentConfig", "Entry", "Owner", "Registry", "record_spec_path", "slot", "spec_path"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 SLOT_KEY = "txblocks_kind"
@@ -26,10 +27,16 @@ class ComponentConfig(BaseModel):
     """Base class of every component's parameters.
 
     Subclasses declare the parameters as pydantic fields. Unknown fields are
-    rejected. The spec adds the ``type`` tag itself: do not declare it.
+    rejected, and so are non-finite floats (``.inf``, ``.nan``); a field that
+    means "unbounded" can opt in with ``Field(allow_inf_nan=True)``. The spec adds
+    the ``type`` tag itself: do not declare it, nor fields named like this class's
+    methods (``build``, ``check``).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # Where the config sits in its spec (``block.ffn``), for build errors; not a field,
+    # not compared, not serialized, lost on copies (then errors name the component only).
+    __slots__ = ("_txblocks_path",)
 
     #: Set on the classes that the spec builds from a registry entry.
     txblocks_entry: ClassVar[Entry | None] = None
@@ -47,6 +54,12 @@ class ComponentConfig(BaseModel):
 
         Only configs that came out of a validated spec (or
         :meth:`Registry.config`) know their factory.
+
+        Raises:
+            BuildError: the factory raised, or returned something that is not what its
+                kind promises (None, or e.g. a tensor for a ``norm``); the message gives
+                the spec path (when known), the component and the plugin that owns it.
+            RegistryError: the config is not bound to a registry entry.
         """
         entry = type(self).txblocks_entry
         if entry is None:
@@ -54,7 +67,70 @@ class ComponentConfig(BaseModel):
                 f"{type(self).__name__} is not bound to a registry entry; "
                 "validate it through a spec or use Registry.config(kind, name, ...)"
             )
-        return entry.factory(*args, self, **kwargs)
+        try:
+            built = entry.factory(*args, self, **kwargs)
+        except _PASS_THROUGH:
+            raise  # already names what and where (a nested component, a BuildError)
+        except Exception as exc:
+            raise BuildError(
+                f"{self._where(entry)} failed to build: {type(exc).__name__}: {exc}"
+            ) from exc
+        problem = _wrong_product(entry.kind, built)
+        if problem is not None:
+            raise BuildError(f"{self._where(entry)} is broken: its factory {problem}")
+        return built
+
+    def _where(self, entry: Entry) -> str:
+        """``block.ffn: ffn 'moe' (from txblocks 0.1)``: the spec path when known."""
+        path = spec_path(self)
+        return f"{path + ': ' if path else ''}{entry.kind} {entry.name!r} (from {entry.owner})"
+
+
+def spec_path(config: ComponentConfig) -> str | None:
+    """Where ``config`` was found in its validated spec (``layers[1].ffn``), if known."""
+    try:
+        return object.__getattribute__(config, "_txblocks_path")  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
+
+
+def record_spec_path(config: ComponentConfig, path: str) -> None:
+    """Remember ``path`` as where ``config`` sits in its spec (see :func:`spec_path`)."""
+    object.__setattr__(config, "_txblocks_path", path)
+
+
+@functools.cache
+def _product_types() -> dict[str, tuple[type, str]]:
+    """What the factory of each kind of the contract (see :mod:`txblocks.hookspecs`) returns."""
+    from torch import nn
+
+    from txblocks.attention.kernel import AttentionKernel
+    from txblocks.attention.strategies import MaskStrategy
+    from txblocks.nn.positional import PositionalScheme
+
+    module = (nn.Module, "a torch.nn.Module")
+    return {
+        "norm": module,
+        "activation": module,
+        "ffn": module,
+        "head": module,
+        "attention": (AttentionKernel, "a txblocks.attention.AttentionKernel"),
+        "mask": (MaskStrategy, "a txblocks.attention.MaskStrategy"),
+        "position": (PositionalScheme, "a txblocks.nn.PositionalScheme"),
+    }
+
+
+def _wrong_product(kind: str, built: Any) -> str | None:
+    """Why ``built`` is not what a factory of ``kind`` must return, or None when it is."""
+    expected = _product_types().get(kind)
+    if expected is None:
+        return None  # kinds outside the table (adapter, quantization, new kinds) return anything
+    cls, label = expected
+    if built is None:
+        return f"returned None; {kind} factories must return {label}"
+    if not isinstance(built, cls):
+        return f"returned {type(built).__name__}; {kind} factories must return {label}"
+    return None
 
 
 def slot(kind: str, default: Any = ..., **field_kwargs: Any) -> Any:
@@ -79,6 +155,13 @@ def slot_kind(field: Any) -> str | None:
     """The component kind of a field declared with :func:`slot`, else None."""
     extra = field.json_schema_extra
     return extra.get(SLOT_KEY) if isinstance(extra, dict) else None
+
+
+#: Errors that a factory raises on purpose and that already say what and where.
+_PASS_THROUGH: tuple[type[BaseException], ...] = (BuildError, RegistryError, SpecError)
+
+#: Names that a config field may not take: they would hide ComponentConfig's own API.
+_RESERVED = frozenset(n for n in set(dir(ComponentConfig)) - set(dir(BaseModel)) if n[0] != "_")
 
 
 @dataclass(frozen=True)
@@ -126,6 +209,9 @@ class Registry:
         self.version = 0  # bumped on every change; caches of spec models key on it
         #: The pluggy manager of the plugins that filled this registry (for build-time hooks).
         self.plugin_manager: Any = None
+        #: One :class:`txblocks.plugins.PluginStatus` per plugin seen while loading
+        #: (read it with :func:`txblocks.plugins.plugin_status`).
+        self.plugin_statuses: list[Any] = []
 
     @contextmanager
     def owned_by(self, owner: Owner) -> Iterator[None]:
@@ -178,6 +264,13 @@ class Registry:
             raise RegistryError(
                 f"{self._owner}: config of {kind} {name!r} declares a 'type' field; "
                 "the spec adds that tag itself"
+            )
+        shadowing = sorted(set(config.model_fields) & _RESERVED)
+        if shadowing:
+            raise RegistryError(
+                f"{self._owner}: config {config.__name__} of {kind} {name!r} declares "
+                f"{', '.join(repr(f) for f in shadowing)}, which ComponentConfig uses for its "
+                "own methods; rename the field"
             )
         if not callable(factory):
             raise RegistryError(f"{self._owner}: factory of {kind} {name!r} is not callable")
@@ -249,7 +342,6 @@ class Registry:
         """
         from pydantic import ValidationError
 
-        from txblocks.errors import SpecError
         from txblocks.spec.components import component_adapter, unions_for
         from txblocks.spec.errors import problems_from
 

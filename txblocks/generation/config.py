@@ -17,7 +17,7 @@ class GenerationConfig(BaseModel):
     et al. 2019). ``num_beams > 1`` runs beam search with ``length_penalty``.
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
 
     max_new_tokens: int = Field(32, ge=1)
     min_new_tokens: int = Field(0, ge=0)

@@ -10,15 +10,52 @@ from torch import Tensor
 
 from txblocks.generation.config import GenerationConfig, process_logits, sample_filter
 from txblocks.generation.sessions import DecoderSession, Seq2SeqSession
-from txblocks.nn.model import Seq2SeqModel, TransformerModel
+from txblocks.nn.model import Seq2SeqModel, TransformerModel, check_index_tensor
 
 __all__ = ["generate", "stream"]
 
 Session = DecoderSession | Seq2SeqSession
 
 
+def _check_request(model: Any, input_ids: Tensor, config: GenerationConfig) -> None:
+    """ValueError naming the argument for a request the model cannot serve.
+
+    The prompt's ids are checked by the prefill forward; the ids given as settings are
+    checked here, once, since decoding steps feed them back without checks.
+    """
+    stack = model.decoder if isinstance(model, Seq2SeqModel) else model
+    check_index_tensor(input_ids, "input_ids")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
+    vocab = stack.vocab_size
+    if vocab is not None:
+        start = config.decoder_start_token_id if isinstance(model, Seq2SeqModel) else None
+        named = [("pad_token_id", config.pad_token_id), ("decoder_start_token_id", start)]
+        named += [("eos_token_id", eos) for eos in config.eos_token_id]
+        for name, value in named:
+            if value is not None and not 0 <= value < vocab:
+                raise ValueError(
+                    f"{name} {value} is outside the vocabulary: ids must be in 0..{vocab - 1} "
+                    f"(vocab_size {vocab})"
+                )
+    limit = stack.max_seq_len
+    seq2seq = isinstance(model, Seq2SeqModel)
+    length = 1 if seq2seq else input_ids.shape[1]  # seq2seq decoders start from one token
+    if limit is not None and length + config.max_new_tokens > limit:
+        what = "the start token" if seq2seq else f"a prompt of {length} tokens"
+        fix = (f"lower max_new_tokens to {limit - length} or less" if length < limit
+               else "shorten the prompt")
+        raise ValueError(
+            f"max_new_tokens {config.max_new_tokens} after {what} needs "
+            f"{length + config.max_new_tokens} positions, more than this model's max_seq_len "
+            f"{limit}: {fix}"
+        )
+
+
 def _session(model: Any, input_ids: Tensor, attention_mask: Tensor | None,
              config: GenerationConfig, expand: int = 1) -> Session:
+    if isinstance(model, (Seq2SeqModel, TransformerModel)):
+        _check_request(model, input_ids, config)
     if isinstance(model, Seq2SeqModel):
         start = config.decoder_start_token_id
         start = config.pad_token_id if start is None else start

@@ -48,6 +48,8 @@ class DecoderSession:
         out = self.model(self.input_ids, self.mask, position_ids=self.positions, cache=self.cache,
                          logits_to_keep=1)
         self.next_position = self.positions[:, -1:] + 1
+        # The prompt was checked by this forward; steps feed back the model's own choices.
+        self.cache.skip_input_checks = True
         return out.logits[:, -1]
 
     def step(self, tokens: Tensor) -> Tensor:
@@ -81,7 +83,9 @@ class Seq2SeqSession:
         return self.input_ids
 
     def prefill(self) -> Tensor:
-        return self.step(self.input_ids[:, 0])
+        logits = self.step(self.input_ids[:, 0])
+        self.cache.skip_input_checks = True  # the start token was checked by that forward
+        return logits
 
     def step(self, tokens: Tensor) -> Tensor:
         out = self.model(attention_mask=self.source_mask, decoder_input_ids=tokens[:, None],

@@ -22,6 +22,12 @@ class LayerCache:
 
     def __init__(self, batch: int, capacity: int, n_kv_heads: int, head_dim: int, *,
                  dtype: torch.dtype, device: torch.device, window: int | None = None) -> None:
+        sizes = {"batch": batch, "capacity": capacity, "n_kv_heads": n_kv_heads, "head_dim": head_dim}
+        if window is not None:
+            sizes["window"] = window
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LayerCache: {name} must be a positive integer, got {value!r}")
         size = min(capacity, window) if window is not None else capacity
         self.k = torch.zeros(batch, size, n_kv_heads, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
@@ -87,12 +93,21 @@ class KVCache:
         cross: one :class:`CrossCache` per block (seq2seq decoders), else empty.
         position: tokens seen so far (the absolute position of the next token).
         padding: (B, position) bool, True for real tokens, when the caller passed masks.
+        skip_input_checks: forwards with this cache skip the range checks of ids and
+            positions (one host sync each). Generation sets it after checking the prompt:
+            later steps feed the model tokens it chose itself.
     """
 
     layers: list[LayerCache]
     cross: list[CrossCache] = field(default_factory=list)
     position: int = 0
     padding: Tensor | None = None
+    skip_input_checks: bool = False
+
+    @property
+    def batch(self) -> int:
+        """Rows the cache was created for."""
+        return self.layers[0].k.shape[0] if self.layers else 0
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` in every layer (beam search)."""

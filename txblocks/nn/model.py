@@ -49,6 +49,50 @@ def _check_ids(input_ids: Tensor, attention_mask: Tensor | None, what: str = "in
         )
 
 
+_INDEX_DTYPES = (torch.long, torch.int)
+
+
+def check_index_tensor(value: Any, what: str) -> None:
+    """``value`` must be a tensor of integer ids (what ``nn.Embedding`` takes)."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor of token ids, got {type(value).__name__}")
+    if value.dtype not in _INDEX_DTYPES:
+        raise ValueError(
+            f"{what} must hold integer ids (torch.long or torch.int), got {value.dtype}"
+        )
+
+
+def _check_ranges(checks: list[tuple[str, Tensor, int, str]]) -> None:
+    """Each ``(name, ids, limit, meaning)``: every id in ``0 .. limit - 1``, else ValueError.
+
+    One host sync for all of them (a min/max per tensor, read back together).
+    """
+    checks = [c for c in checks if c[1].numel()]
+    if not checks:
+        return
+    bounds = torch.stack([torch.stack(torch.aminmax(ids)).long() for _, ids, _, _ in checks]).tolist()
+    for (name, ids, limit, meaning), (low, high) in zip(checks, bounds, strict=True):
+        if low < 0 or high >= limit:
+            where = ((ids < 0) | (ids >= limit)).nonzero()[0].tolist()
+            value = ids[tuple(where)].item()
+            index = ", ".join(str(i) for i in where)
+            raise ValueError(f"{name}[{index}] is {value}, {meaning}")
+
+
+def context_limit(spec: Any) -> int | None:
+    """The longest sequence (cached + new tokens) a model of ``spec`` takes: ``max_seq_len``.
+
+    None (no limit) without a spec, and for RoPE with ``dynamic`` scaling, whose base is
+    made to grow past ``max_seq_len``.
+    """
+    if spec is None:
+        return None
+    scaling = getattr(getattr(spec, "position", None), "scaling", None)
+    if getattr(scaling, "type", None) == "dynamic":
+        return None
+    return getattr(spec, "max_seq_len", None)
+
+
 class TransformerStack(nn.Module):
     """Embeddings, blocks and a final norm: the body of every model.
 
@@ -73,6 +117,14 @@ class TransformerStack(nn.Module):
         self.masks = list(masks)
         self.final_norm = final_norm
         self._cross = FullStrategy()
+        #: Most positions (cached + new) a call may reach; None = no limit. Models built
+        #: from a spec take its ``max_seq_len`` (see :func:`context_limit`).
+        self.max_seq_len: int | None = None
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Rows of the token table (valid ids are ``0 .. vocab_size - 1``), or None."""
+        return self.embeddings.tokens.num_embeddings if self.embeddings is not None else None
 
     def new_cache(self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                   device: torch.device | None = None) -> KVCache:
@@ -80,7 +132,13 @@ class TransformerStack(nn.Module):
 
         Sliding-window layers keep a buffer of their window only; cross-attention layers
         get a slot for the encoder's keys and values.
+
+        Raises:
+            ValueError: ``batch`` or ``max_len`` is not a positive integer.
         """
+        for name, value in (("batch", batch), ("max_len", max_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"new_cache: {name} must be a positive integer, got {value!r}")
         param = next(self.parameters())
         dtype, device = dtype or param.dtype, device or param.device
         layers, cross = [], []
@@ -134,6 +192,71 @@ class TransformerStack(nn.Module):
             out.append(built[key])
         return out
 
+    def _check_inputs(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
+                      position_ids: Tensor | None, cache: KVCache | None, batch: int,
+                      length: int, ids_name: str = "input_ids") -> None:
+        """ValueError naming the argument for inputs that would fail deep inside torch.
+
+        Shapes and dtypes cost nothing. The id ranges cost one host sync; they are not
+        checked under ``torch.compile`` nor with a cache marked ``skip_input_checks``
+        (generation checks the prompt once, then feeds the model its own tokens).
+        """
+        start = 0
+        if cache is not None:
+            if len(cache.layers) != len(self.blocks):
+                raise ValueError(
+                    f"cache has {len(cache.layers)} layers, this model {len(self.blocks)}: "
+                    "create the cache with this model's new_cache"
+                )
+            if cache.batch != batch:
+                raise ValueError(
+                    f"cache was created for batch size {cache.batch}, but this call has {batch} "
+                    "rows: create one cache per batch with new_cache(batch, max_len)"
+                )
+            start = cache.position
+        if self.max_seq_len is not None and start + length > self.max_seq_len:
+            what = ids_name if input_ids is not None else "inputs_embeds"
+            after = f" after {start} cached ({start + length} positions)" if start else ""
+            raise ValueError(
+                f"{what} has {length} tokens{after}, more than this model's max_seq_len "
+                f"{self.max_seq_len}: shorten the input, or build the model with a larger max_seq_len"
+            )
+        types = self.embeddings.token_types if self.embeddings is not None else None
+        if token_type_ids is not None:
+            check_index_tensor(token_type_ids, "token_type_ids")
+            if types is None:
+                raise ValueError(
+                    "token_type_ids given, but this model has no token types "
+                    "(its spec's embedding.token_types is 0)"
+                )
+            if input_ids is not None and token_type_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"token_type_ids has shape {tuple(token_type_ids.shape)}, {ids_name} "
+                    f"{tuple(input_ids.shape)}: they must match"
+                )
+        if position_ids is not None:
+            check_index_tensor(position_ids, "position_ids")
+            if position_ids.dim() == 0 or position_ids.shape[-1] != length:
+                raise ValueError(
+                    f"position_ids must be (batch or 1, {length}), got shape {tuple(position_ids.shape)}"
+                )
+        if torch.compiler.is_compiling() or (cache is not None and cache.skip_input_checks):
+            return
+        checks: list[tuple[str, Tensor, int, str]] = []
+        vocab = self.vocab_size
+        if input_ids is not None and vocab is not None:
+            checks.append((ids_name, input_ids, vocab,
+                           f"outside the vocabulary: ids must be in 0..{vocab - 1} (vocab_size {vocab})"))
+        if token_type_ids is not None and types is not None:
+            n = types.num_embeddings
+            checks.append(("token_type_ids", token_type_ids, n,
+                           f"outside the model's {n} token types: they must be in 0..{n - 1}"))
+        if position_ids is not None and self.max_seq_len is not None:
+            n = self.max_seq_len
+            checks.append(("position_ids", position_ids, n,
+                           f"outside the model's positions: they must be in 0..{n - 1} (max_seq_len {n})"))
+        _check_ranges(checks)
+
     def run(
         self,
         input_ids: Tensor | None = None,
@@ -147,22 +270,33 @@ class TransformerStack(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         cache: KVCache | None = None,
+        ids_name: str = "input_ids",
     ) -> tuple[Tensor, Tensor | None]:
         """Embed (unless ``inputs_embeds`` is given) and run the blocks: (B, T, C), aux loss.
 
         With ``cache``, the tokens continue the cached ones: positions start at
         ``cache.position`` and ``attention_mask`` may cover the new tokens or all of them.
+        ``ids_name`` is what errors call ``input_ids`` (``decoder_input_ids``).
+
+        Raises:
+            ValueError: an input that does not fit the model, naming the argument: ids that
+                are not integers or not in the vocabulary, token types or positions out of
+                range, more positions than ``max_seq_len``, a cache of another batch size.
         """
         if inputs_embeds is None:
             if input_ids is None or self.embeddings is None:
                 raise ValueError("pass input_ids (or inputs_embeds to a stack without embeddings)")
+            check_index_tensor(input_ids, ids_name)
             if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
+                raise ValueError(f"{ids_name} must be (batch, time), got shape {tuple(input_ids.shape)}")
             length, device = input_ids.shape[1], input_ids.device
         else:
             length, device = inputs_embeds.shape[1], inputs_embeds.device
         if cache is None:
             _check_ids(input_ids if input_ids is not None else inputs_embeds[..., 0], attention_mask)
+        self._check_inputs(input_ids if inputs_embeds is None else None, token_type_ids, position_ids,
+                           cache, (input_ids if inputs_embeds is None else inputs_embeds).shape[0], length,
+                           ids_name)
         start = cache.position if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(start, start + length, device=device)[None]
@@ -213,6 +347,16 @@ class TransformerModel(TransformerStack):
         super().__init__(embeddings, position, blocks, masks, final_norm)
         self.head = head
         self.spec: Any = None  # the spec it was built from, set by txblocks.build
+
+    @property
+    def spec(self) -> Any:
+        """The spec the model was built from; setting it sets ``max_seq_len`` too."""
+        return self.__dict__.get("_spec")
+
+    @spec.setter
+    def spec(self, value: Any) -> None:
+        self.__dict__["_spec"] = value
+        self.max_seq_len = context_limit(value)
 
     def forward(
         self,
@@ -281,6 +425,16 @@ class Seq2SeqModel(nn.Module):
         self.encoder, self.decoder, self.head = encoder, decoder, head
         self.spec: Any = None
 
+    @property
+    def spec(self) -> Any:
+        """The spec the model was built from; setting it sets both stacks' ``max_seq_len``."""
+        return self.__dict__.get("_spec")
+
+    @spec.setter
+    def spec(self, value: Any) -> None:
+        self.__dict__["_spec"] = value
+        self.encoder.max_seq_len = self.decoder.max_seq_len = context_limit(value)
+
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """The encoder output (B, S, C); pass it back as ``encoder_outputs`` to reuse it."""
         return self.encoder.run(input_ids, attention_mask)[0]
@@ -312,12 +466,14 @@ class Seq2SeqModel(nn.Module):
             if input_ids is None:
                 raise ValueError("pass input_ids or encoder_outputs")
             encoder_outputs, enc_aux = self.encoder.run(input_ids, attention_mask)
+        check_index_tensor(decoder_input_ids, "decoder_input_ids")
         if cache is None:
             _check_ids(decoder_input_ids, decoder_attention_mask, "decoder_input_ids",
                        "decoder_attention_mask")
         x, dec_aux = self.decoder.run(
             decoder_input_ids, decoder_attention_mask, position_ids=decoder_position_ids,
             context=encoder_outputs, context_mask=attention_mask, cache=cache,
+            ids_name="decoder_input_ids",
         )
         head_mask = decoder_attention_mask if cache is None else None
         logits = self.head(x, head_mask) if self.head is not None else None

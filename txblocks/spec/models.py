@@ -35,7 +35,10 @@ Layout = Literal["pre_norm", "post_norm", "parallel"]
 class SpecModel(BaseModel):
     """Base of every spec model: unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, validate_assignment=True)
+    # `.inf` / `.nan` are never a sensible size, scale or rate: reject them like any bad value.
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class EmbeddingSpec(SpecModel):

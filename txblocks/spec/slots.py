@@ -6,10 +6,11 @@ import types
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, PlainValidator, create_model
+from pydantic import BaseModel, Field, PlainValidator, create_model, model_validator
 from pydantic.fields import FieldInfo
 
-from txblocks.registry import slot_kind
+from txblocks.registry import ComponentConfig, record_spec_path, slot_kind
+from txblocks.spec.errors import format_path
 
 __all__ = ["Slot", "SlotMarker", "specialize", "specialized_fields"]
 
@@ -85,11 +86,32 @@ def specialize(model: type[BaseModel], unions: dict[str, Any], cache: dict[type,
     if not fields:
         cache[model] = model
         return model
+    # A whole spec (it has an `arch`) records where each component sits, for build errors.
+    validators = {"_txblocks_paths": _record_paths} if "arch" in model.model_fields else None
     special = create_model(  # type: ignore[call-overload]
-        model.__name__, __base__=model, __module__=model.__module__, __doc__=model.__doc__, **fields
+        model.__name__, __base__=model, __module__=model.__module__, __doc__=model.__doc__,
+        __validators__=validators, **fields
     )
     cache[model] = special
     return special
+
+
+def _walk(node: Any, path: list[str | int]) -> None:
+    if isinstance(node, ComponentConfig):
+        record_spec_path(node, format_path(path))
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            _walk(getattr(node, name), [*path, name])
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _walk(item, [*path, i])
+
+
+@model_validator(mode="after")
+def _record_paths(spec: Any) -> Any:
+    """Record on each component config its path in the validated spec (``layers[0].ffn``)."""
+    _walk(spec, [])
+    return spec
 
 
 def specialized_fields(
