@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,9 +21,11 @@ from txblocks.quantize import apply_quantization
 from txblocks.registry import Registry
 from txblocks.spec.checks import dims_of
 from txblocks.spec.io import load_spec
+from txblocks.spec.limits import human_bytes
 from txblocks.spec.models import AttentionSpec, ModelSpec, Seq2SeqSpec, Stack, TextSpec, VitSpec
 
-__all__ = ["build", "init_weights"]
+__all__ = ["ModelSize", "build", "build_on_meta", "device_memory", "init_weights", "measure",
+           "model_size"]
 
 Model = TransformerModel | Seq2SeqModel | VisionTransformer
 
@@ -28,7 +33,7 @@ Model = TransformerModel | Seq2SeqModel | VisionTransformer
 def _attention(spec: AttentionSpec, dims: ModelDims, device: torch.device, where: str,
                *, cross: bool = False) -> Attention:
     kernel = spec.kernel.build()
-    reasons = kernel.why_not_on(device)
+    reasons = [] if device.type == "meta" else kernel.why_not_on(device)  # meta: measuring only
     if reasons:
         raise BuildError(
             f"{where}.kernel: {spec.kernel.type!r} cannot run on {device}: {'; '.join(reasons)}"
@@ -166,14 +171,122 @@ def _after_build(model: nn.Module, spec: ModelSpec, registry: Registry | None) -
         raise BuildError("adapters: this registry has no plugin manager to apply them; use load_registry()")
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    """What building a spec allocates: its parameters (tied ones once) and the bytes of its
+    parameters and buffers at ``dtype``."""
+
+    parameters: int
+    bytes: int
+    dtype: torch.dtype
+
+    def __str__(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.parameters:,} parameters, {human_bytes(self.bytes)} in {dtype}"
+
+
+def device_memory(device: str | torch.device) -> int | None:
+    """Total memory of ``device`` in bytes: a GPU's, or the machine's RAM for ``cpu``; None
+    where unknown (other devices, systems without ``sysconf``)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return None
+    return None
+
+
+def _assemble(spec: ModelSpec, device: torch.device, dtype: torch.dtype | None,
+              registry: Registry | None, *, on: torch.device) -> Model:
+    """The float model of ``spec``, tensors on ``on`` (the meta device when only measuring);
+    kernels are checked against ``device``."""
+    with torch.device(on):
+        model = _build(spec, dims_of(spec), device)
+    if on.type != "meta":
+        init_weights(model, spec.init_std)
+    model.spec = spec
+    _after_build(model, spec, registry)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model
+
+
+def measure(model: nn.Module, dtype: torch.dtype | None = None) -> ModelSize:
+    """The size of a built model, on any device (meta included); ``dtype`` is the label."""
+    params = list(model.parameters())  # tied parameters once
+    tensors = {id(t): t for t in (*params, *model.buffers())}.values()
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    return ModelSize(sum(p.numel() for p in params), nbytes, dtype or torch.get_default_dtype())
+
+
+def build_on_meta(spec: Any, *, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None, registry: Registry | None = None) -> Model:
+    """The float model :func:`build` makes of ``spec`` (no ``quantization``), every tensor on
+    the meta device: names and shapes, no data, nothing allocated. Kernels are checked
+    against ``device``, where the real model would go (default: not checked)."""
+    spec = load_spec(spec, registry=registry)
+    target = torch.device(device if device is not None else "meta")
+    return _assemble(spec, target, dtype, registry, on=torch.device("meta"))
+
+
+def model_size(spec: Any, *, dtype: torch.dtype | None = None,
+               registry: Registry | None = None) -> ModelSize:
+    """The exact size of the model ``spec`` describes, every component and plugin included,
+    measured on the meta device (:func:`build_on_meta`): nothing is allocated.
+
+    Raises:
+        SpecError: the spec is invalid (including over :mod:`txblocks.spec.limits`).
+        BuildError: its components cannot be built here.
+    """
+    return measure(build_on_meta(spec, dtype=dtype, registry=registry), dtype)
+
+
+def _label(source: Any, spec: ModelSpec) -> str:
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                    and source.strip().endswith((".yaml", ".yml", ".json"))):
+        return f"spec {source}"
+    return f"spec {spec.name!r}"
+
+
+def _check_fits(spec: ModelSpec, label: str, device: torch.device, dtype: torch.dtype | None,
+                registry: Registry | None, max_params: int | None, allow_large: bool) -> None:
+    """Refuse, before allocating, a model over ``max_params`` or the memory of ``device``."""
+    if device.type == "meta" or (allow_large and max_params is None):
+        return
+    try:
+        meta = build_on_meta(spec, device=device, registry=registry)
+    except (RuntimeError, NotImplementedError):
+        return  # a component that cannot be built on meta: the limits of validation stand
+    size = measure(meta)  # the peak: build allocates in the default dtype, then casts
+    if dtype is not None and dtype.itemsize > torch.get_default_dtype().itemsize:
+        size = measure(meta.to(dtype=dtype), dtype)
+    if max_params is not None and size.parameters > max_params:
+        raise BuildError(f"{label} implies {size}, over max_params={max_params:,}")
+    memory = None if allow_large else device_memory(device)
+    if memory is not None and size.bytes > memory:
+        raise BuildError(
+            f"{label} implies {size} (parameters and buffers), more than {device} can hold "
+            f"({human_bytes(memory)}); reduce its sizes, or pass build(..., allow_large=True) "
+            "to try anyway")
+
+
 def build(
     spec: Any,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     registry: Registry | None = None,
+    max_params: int | None = None,
+    allow_large: bool = False,
 ) -> Model:
     """Assemble a model from a spec.
+
+    Before anything is allocated, the model is built on the meta device and measured
+    (:func:`model_size`): a model whose parameters and buffers exceed the memory of
+    ``device`` (:func:`device_memory`), or whose parameters exceed ``max_params``, is refused.
 
     Args:
         spec: a spec, or anything :func:`txblocks.load_spec` accepts.
@@ -181,6 +294,8 @@ def build(
         dtype: parameter dtype (default torch's default, float32).
         registry: for specs given as paths, text or dicts; default
             :func:`txblocks.default_registry`.
+        max_params: refuse a model of more parameters than this.
+        allow_large: skip the device-memory check (``max_params`` still applies).
 
     Returns:
         A :class:`TransformerModel` (decoder, encoder), :class:`Seq2SeqModel` or
@@ -190,19 +305,16 @@ def build(
         applied after the dtype cast.
 
     Raises:
-        SpecError: the spec is invalid.
+        SpecError: the spec is invalid, or over the limits of :mod:`txblocks.spec.limits`.
         BuildError: the spec is valid but cannot be built here (a CUDA-only kernel on CPU;
-            a ``quantization`` without torchao installed: :class:`QuantizationError`).
+            a model larger than the device or ``max_params``, with the numbers; a
+            ``quantization`` without torchao installed: :class:`QuantizationError`).
     """
+    source = spec
     spec = load_spec(spec, registry=registry)
     device = torch.device(device if device is not None else "cpu")
-    with torch.device(device):
-        model = _build(spec, dims_of(spec), device)
-    init_weights(model, spec.init_std)
-    model.spec = spec
-    _after_build(model, spec, registry)
-    if dtype is not None:
-        model.to(dtype=dtype)
+    _check_fits(spec, _label(source, spec), device, dtype, registry, max_params, allow_large)
+    model = _assemble(spec, device, dtype, registry, on=device)
     if spec.quantization is not None:  # last: int8 weights take no further casts
         apply_quantization(model, spec.quantization)
     return model

@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from txblocks.build import build
+from txblocks.errors import BuildError
 from txblocks.quantize import stored_bytes
 from txblocks.nn.model import Seq2SeqModel
 from txblocks.spec.models import ModelSpec, Seq2SeqSpec, VitSpec
@@ -69,6 +70,10 @@ def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | N
 
     FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products
     and attention; elementwise work is not counted).
+
+    Raises:
+        BuildError: the model, or its measured forward, does not fit in memory (with the
+            numbers), or it cannot be built here.
     """
     model = model if model is not None else build(spec)
     seq_len = min(seq_len, spec.max_seq_len)
@@ -87,8 +92,15 @@ def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | N
             )
     counter = FlopCounterMode(display=False)
     model.eval()
-    with torch.no_grad(), counter:
-        model(**_example_input(spec, seq_len))
+    try:
+        with torch.no_grad(), counter:
+            model(**_example_input(spec, seq_len))
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        reason = str(exc).splitlines()[0]
+        raise BuildError(f"spec {spec.name!r}: no memory for the measured forward of {seq_len} "
+                         f"tokens ({reason}); measure fewer tokens") from None
     unique = {id(p): p for p in model.parameters()}.values()
     return ModelSummary(
         name=spec.name,

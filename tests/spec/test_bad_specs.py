@@ -482,6 +482,31 @@ def test_extends_a_file_that_is_not_a_mapping(registry, tmp_path):
         load_spec(child, registry=registry)
 
 
+def test_extends_an_absolute_path_reads_nothing(registry, tmp_path, monkeypatch):
+    secret = tmp_path / "elsewhere" / "secret.json"
+    secret.parent.mkdir()
+    secret.write_text('{"arch": "decoder", "api_key": "hunter2"}', encoding="utf-8")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {secret}\nn_layers: 2\n", encoding="utf-8")
+    monkeypatch.chdir(secret.parent)
+    for source in (child, {"extends": str(secret)}):
+        with pytest.raises(SpecError, match=problem_line(
+                "extends", E(f"{str(secret)!r} is an absolute path; extends takes a preset name "
+                             "or a path relative to the spec's folder"))) as info:
+            load_spec(source, registry=registry)
+        assert "hunter2" not in str(info.value) and "api_key" not in str(info.value)
+
+
+def test_extends_a_file_from_a_spec_without_a_folder(registry, tmp_path, monkeypatch):
+    (tmp_path / "base.yaml").write_text("arch: decoder\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # the working directory is not the spec's folder
+    for source in ({"extends": "base.yaml"}, "extends: base.yaml\nn_layers: 2\n"):
+        with pytest.raises(SpecError, match=problem_line(
+                "extends", E("'base.yaml' is a file, but this spec was given as text or a "
+                             "mapping, so it has no folder to resolve it against"))):
+            load_spec(source, registry=registry)
+
+
 def test_problem_in_the_extended_preset_child_reported_at_its_path(registry):
     message = E("n_heads 8 is not a multiple of n_kv_heads 3")
     with pytest.raises(SpecError, match=problem_line("n_kv_heads", message)):

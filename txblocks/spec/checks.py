@@ -12,6 +12,7 @@ from txblocks.errors import Problem
 from txblocks.nn.dims import ModelDims
 from txblocks.registry import ComponentConfig
 from txblocks.spec.errors import format_path
+from txblocks.spec.limits import size_problems
 from txblocks.spec.models import ModelSpec, VitSpec
 
 __all__ = ["check_spec", "dims_of"]
@@ -95,6 +96,9 @@ def check_spec(spec: ModelSpec) -> list[Problem]:
     problems = [*_heads(spec), *_overrides(spec), *_vit(spec)]
     if problems:
         return problems  # the sizes below would be meaningless
+    problems = list(size_problems(spec))
+    if problems:
+        return problems  # no component check is worth running on a model that cannot exist
     dims = dims_of(spec)
     for path, config in _components(spec, []):
         problems += [Problem(format_path(path), msg) for msg in config.check(dims)]

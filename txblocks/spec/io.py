@@ -13,6 +13,7 @@ from txblocks.errors import Problem, SpecError, did_you_mean
 from txblocks.registry import Registry
 from txblocks.spec.checks import check_spec
 from txblocks.spec.errors import problems_from
+from txblocks.spec.limits import MAX_DEPTH, check_text_size, check_tree
 from txblocks.spec.models import ModelSpec
 from txblocks.spec.schema import spec_models
 
@@ -27,8 +28,25 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+class _TooDeep(yaml.composer.ComposerError):
+    """Nesting past :data:`MAX_DEPTH`, refused while composing (PyYAML recurses per level)."""
+
+
 class _SpecLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping."""
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping, and nesting deeper
+    than :data:`txblocks.spec.limits.MAX_DEPTH` (before PyYAML's recursion overflows)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(None, None, f"the spec nests deeper than {MAX_DEPTH} levels",
+                               self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -48,8 +66,14 @@ class _SpecLoader(yaml.SafeLoader):
 
 
 def _parse_text(text: str, source: str) -> Any:
+    check_text_size(len(text.encode("utf-8", "surrogatepass")), source)
     try:
-        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _TooDeep as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SpecError(f"{exc.problem}{where} (txblocks.spec.limits.MAX_DEPTH)",
+                        source=source) from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "the text"
@@ -67,20 +91,28 @@ def _parse_text(text: str, source: str) -> Any:
         context = getattr(exc, "context", None)
         detail = f"{context}, {problem}" if context else problem
         raise SpecError([Problem("", f"malformed YAML at {where}: {detail}")], source=source) from None
+    check_tree(data, source)  # aliases expanded: refuse a bomb before anything walks it
+    return data
 
 
 def _read_file(path: Path) -> Any:
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}", source=str(path))
+    check_text_size(path.stat().st_size, str(path))
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError(
-                f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
-            ) from None
-    return _parse_text(text, str(path))
+    if path.suffix != ".json":
+        return _parse_text(text, str(path))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
+        ) from None
+    except RecursionError:
+        raise SpecError(f"the spec nests deeper than {MAX_DEPTH} levels "
+                        "(txblocks.spec.limits.MAX_DEPTH)", source=str(path)) from None
+    check_tree(data, str(path))
+    return data
 
 
 def _looks_like_path(text: str) -> bool:
@@ -114,7 +146,15 @@ def _resolve_extends(data: dict[str, Any], base_dir: Path | None, seen: tuple[st
     if not isinstance(parent, str):
         raise SpecError([Problem("extends", f"expected a preset name or a file path, got {parent!r}")])
     if parent.endswith(_SUFFIXES):
-        path = (base_dir or Path.cwd()) / parent
+        if Path(parent).is_absolute():
+            raise SpecError([Problem("extends", f"{parent!r} is an absolute path; extends takes "
+                                     "a preset name or a path relative to the spec's folder")])
+        if base_dir is None:
+            raise SpecError([Problem("extends", (
+                f"{parent!r} is a file, but this spec was given as text or a mapping, so it has "
+                "no folder to resolve it against; use a preset name, or load the spec from its "
+                "file"))])
+        path = base_dir / parent
         key, parent_dir = str(path.resolve()), path.parent
         if not path.is_file():
             raise SpecError([Problem("extends", f"file not found: {path}")])
@@ -141,6 +181,7 @@ def validate_spec(data: Any, registry: Registry, *, source: str | None = None) -
     models = spec_models(registry)
     if not isinstance(data, dict):
         raise SpecError(f"a spec must be a mapping of fields, got {type(data).__name__}", source=source)
+    check_tree(data, source)
     try:
         spec = models.adapter.validate_python(data)
     except ValidationError as exc:
@@ -165,6 +206,12 @@ def load_spec(source: Any, *, registry: Registry | None = None) -> ModelSpec:
     Returns:
         The validated spec (a :class:`txblocks.ModelSpec` of its ``arch``).
 
+    ``extends:`` takes a shipped preset name, or (in a spec read from a file) a path relative
+    to that file's folder; absolute paths, and file paths in specs given as text or a
+    mapping, are refused. Specs over the limits of :mod:`txblocks.spec.limits` (bytes,
+    values with YAML aliases expanded, nesting, layers, implied parameters) are refused
+    before they are validated or built.
+
     Raises:
         SpecError: every problem found, each with its path. YAML is read with
             ``yaml.safe_load``: tags such as ``!!python/object`` are rejected.
@@ -183,6 +230,7 @@ def load_spec(source: Any, *, registry: Registry | None = None) -> ModelSpec:
     elif isinstance(source, str):
         data = _parse_text(source, "<text>")
     elif isinstance(source, dict):
+        check_tree(source)
         data = source
     else:
         raise SpecError(f"cannot load a spec from {type(source).__name__}; pass a path, text or dict")

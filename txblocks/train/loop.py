@@ -7,6 +7,7 @@ resumable checkpoints (:mod:`txblocks.train.resume`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,12 @@ from txblocks.train.optim import adamw, warmup_cosine
 from txblocks.train.progress import TrainProgress, examples_table
 from txblocks.train.result import TrainResult
 from txblocks.train.resume import load_checkpoint, save_checkpoint
+from txblocks.train.safety import (
+    check_finite_loss,
+    check_finite_weights,
+    non_finite_parameters,
+    writable_target,
+)
 from txblocks.train.step import Stepper
 from txblocks.train.tasks import TASKS, Task, TextFileTask, TrainError, check_fits, make_task
 
@@ -100,8 +107,14 @@ def _threads() -> str:
     return f" ({n} thread{'s' if n != 1 else ''})"
 
 
-def _check_numbers(**numbers: float) -> None:
-    bad = [f"{k} must be positive, got {v}" for k, v in numbers.items() if not v > 0]
+def _check_numbers(positive: dict[str, float], non_negative: dict[str, float]) -> None:
+    """Every setting finite, and positive (or at least 0); all problems in one error."""
+    bad = [f"{k} must be finite, got {v}" for k, v in {**positive, **non_negative}.items()
+           if not math.isfinite(v)]
+    bad += [f"{k} must be positive, got {v}" for k, v in positive.items()
+            if math.isfinite(v) and not v > 0]
+    bad += [f"{k} must be at least 0, got {v}" for k, v in non_negative.items()
+            if math.isfinite(v) and v < 0]
     if bad:
         raise TrainError("; ".join(bad))
 
@@ -167,7 +180,9 @@ def run(
         compile: run the training forward through :func:`torch.compile`.
         activation_checkpointing: recompute each block's activations in backward
             (:func:`enable_activation_checkpointing`, undone after training).
-        checkpoint_path: save the trained model there with :func:`txblocks.save` (rank 0).
+        checkpoint_path: save the trained model there with :func:`txblocks.save` (rank 0);
+            checked to be writable before training. Weights that are not finite are never
+            saved (an existing file stays as it was).
         eval_examples: fresh examples answered after training, for ``accuracy``.
         show: how many of them the final table shows (0: no table).
         console: where to print; default a new :class:`rich.console.Console`.
@@ -185,17 +200,22 @@ def run(
 
     Raises:
         TrainError: an unknown task, a task for another arch, a spec that does not fit the
-            task (vocabulary, length, head), a missing data file, bad settings, a strategy
-            without torchrun, or a checkpoint that does not fit the run.
+            task (vocabulary, length, head), a missing data file, bad settings (not finite,
+            not positive), a ``checkpoint_path`` that cannot be written, a strategy without
+            torchrun, a checkpoint that does not fit the run, or a loss or weights that
+            became NaN or inf (the run stops; nothing more is saved).
         SpecError: the spec is invalid.
     """
     console = console or Console()
     spec = load_spec(spec, registry=registry)
     chosen = _resolve_task(task, data, spec)
-    _check_numbers(steps=steps, batch_size=batch_size, lr=lr, eval_examples=eval_examples,
-                   grad_accum=grad_accum,
-                   **({} if threads is None else {"threads": threads}),
-                   **({} if save_every is None else {"save_every": save_every}))
+    _check_numbers(
+        {"steps": steps, "batch_size": batch_size, "lr": lr, "eval_examples": eval_examples,
+         "grad_accum": grad_accum, **({} if threads is None else {"threads": threads}),
+         **({} if save_every is None else {"save_every": save_every})},
+        {"weight_decay": weight_decay, "grad_clip": grad_clip,
+         **({} if warmup is None else {"warmup": warmup})})
+    out = None if checkpoint_path is None else writable_target(Path(checkpoint_path))
     if save_every is not None and checkpoint_dir is None:
         raise TrainError("save_every needs a checkpoint_dir (--checkpoint-dir DIR) to write to")
     dtype = _dtype(dtype)
@@ -230,14 +250,24 @@ def run(
     finally:
         torch.set_num_threads(previous_threads)
         distributed.teardown(env)
-    if checkpoint_path is not None and env.is_main:
-        path = Path(checkpoint_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save(result.model, path, metadata={"task": chosen.name, "steps": str(steps),
-                                           "seed": str(seed), "accuracy": f"{result.accuracy:.4f}"})
-        result.checkpoint = path
-        console.print(f"saved {path}", highlight=False, soft_wrap=True)
+    if out is not None and env.is_main:
+        check_finite_weights(result.model, f"nothing was saved to {out}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save(result.model, out, metadata={"task": chosen.name, "steps": str(steps),
+                                          "seed": str(seed), "accuracy": f"{result.accuracy:.4f}"})
+        result.checkpoint = out
+        console.print(f"saved {out}", highlight=False, soft_wrap=True)
     return result
+
+
+def _check_weights_on_every_rank(model: nn.Module, env: Distributed, step: int) -> None:
+    """Refuse a resumable checkpoint of weights that are not finite, on every rank at once
+    (each rank checks its shards)."""
+    bad = torch.tensor([float(len(non_finite_parameters(model)))], device=env.device)
+    distributed.all_reduce_sum(bad, env)
+    if bad.item():
+        raise TrainError(f"the weights are not finite after step {step}: training diverged "
+                         "(lower lr); no checkpoint was written and the run stopped")
 
 
 def _header(model: nn.Module, task: Task, env: Distributed, plan: _Plan) -> str:
@@ -298,12 +328,14 @@ def _train(model: nn.Module, task: Task, console: Console, env: Distributed, pla
             logs = step % 10 == 0 or step == plan.steps
             if logs or plan.saves_at(step):
                 distributed.all_reduce_sum(history[reduced:step], env)
+                check_finite_loss(history[reduced:step, 0], reduced)
                 reduced = step
             if logs:
                 window = history[max(0, step - 10):step].mean(0).tolist()
                 progress.update(step, window[0], window[1],
                                 tokens / (time.perf_counter() - begin))
             if plan.saves_at(step):
+                _check_weights_on_every_rank(model, env, step)
                 done = history[:step].T.tolist()
                 path = save_checkpoint(plan.checkpoint_dir, model=wrapped, optimizer=optimizer,
                                        schedule=schedule, scaler=scaler, generator=generator,
