@@ -1,4 +1,5 @@
-"""The ``txblocks`` command line: list, validate, summary, schema, generate, new-plugin."""
+"""The ``txblocks`` command line: list, validate, summary, schema, generate, train, doctor,
+new-plugin."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from txblocks.doctor import add_doctor_parser
 from txblocks.errors import BuildError, QuantizationError, SpecError, did_you_mean
 from txblocks.plugins import default_registry
 from txblocks.spec.io import load_spec
@@ -180,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
                     "(weight-only) or int8-dynamic (int8 activations too)")
     ge.set_defaults(run=cmd_generate)
     add_train_parser(sub)
+    add_doctor_parser(sub)
     sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(run=cmd_schema)

@@ -213,11 +213,10 @@ class XFormersKernel(AttentionKernel):
             return 40
         if mask._xformers_structure() is None and mask.bias is None:
             return 40
-        if call.device.type == "cuda" and torch.cuda.is_available() and _INSTALLED:
-            plan = self.plan(call)
-            if not isinstance(plan, XFormersPlan) or plan.folded:
-                return 40
-        return 20
+        if not _INSTALLED or self.why_not_on(call.device):
+            return 40  # cannot run here at all: why_not says why
+        plan = self.plan(call)
+        return 20 if isinstance(plan, XFormersPlan) and not plan.folded else 40
 
     def attend(
         self,
