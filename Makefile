@@ -10,7 +10,7 @@ TORCH  := torch==2.13.0
 # not installed: it is a starting point to copy (`txblocks new-plugin NAME`).
 PLUGINS := $(wildcard plugins/txblocks-*)
 
-.PHONY: run test install schema bench clean
+.PHONY: run test test-cuda install install-cuda schema bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,18 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests $(addsuffix /tests,$(PLUGINS))
+
+# On a machine with an NVIDIA GPU: a torch and an xformers that load together (the `cuda`
+# extra: xformers 0.0.35 with torch 2.10 and CUDA 12.8), instead of the CPU torch above.
+install-cuda: $(PY)
+	$(PIP) install --quiet --disable-pip-version-check -e '.[cuda,dev]' 'xformers==0.0.35' 'torch==2.10.*'
+	$(PIP) install --quiet --disable-pip-version-check --no-deps $(addprefix -e ,$(PLUGINS))
+	$(VENV)/bin/txblocks doctor
+	touch $(STAMP)
+
+# The GPU checks: every test marked `cuda` (they skip, saying why, without a GPU).
+test-cuda: $(STAMP)
+	$(PY) -m pytest -q -m cuda -rs tests $(addsuffix /tests,$(PLUGINS))
 
 # Timings against Hugging Face and x-transformers, by hand (never part of `make test`).
 bench: $(STAMP)

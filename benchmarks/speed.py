@@ -6,8 +6,10 @@ and to x-transformers (same shapes, its own weights) measured in the same run, e
 forward's share of this machine's matrix-multiply rate (measured here too; FLOPs counted by
 torch's FlopCounterMode), and the forward's peak memory relative to Hugging Face's. Then the
 MoE model against a dense model with its active parameters. `--compile` adds compiled vs
-eager; `--device cuda` runs on a GPU and compares the txblocks attention kernels (xformers,
-sdpa, eager) with Hugging Face's SDPA attention, reporting TFLOP/s.
+eager. `--device cuda` runs on a GPU: every family forward and forward + backward (training
+steps, always on), each txblocks attention kernel (xformers, sdpa, eager; a kernel that cannot
+run a family says why) against Hugging Face's SDPA attention, TFLOP/s and peak memory; then a
+long sliding-window context (Mistral-shaped, 32k tokens) against Hugging Face.
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ def bench_family(family: Family, args: argparse.Namespace, rates: dict[str, floa
         if args.device == "cuda":
             for kernel in ("xformers", "sdpa", "eager"):
                 variant = with_kernel(ours, kernel)
-                contenders[kernel] = lambda variant=variant: call(variant, x)
+                run = runnable(kernel, lambda variant=variant: call(variant, x))
+                if run is not None:
+                    contenders[kernel] = run
         with torch.no_grad():
             t = compare(contenders, repeats=args.repeats, warmup=2 if args.compile else 1)
             memory = peak_bytes(lambda: call(ours, x)) / max(peak_bytes(lambda: call(hf, x)), 1)
@@ -105,19 +109,60 @@ def bench_family(family: Family, args: argparse.Namespace, rates: dict[str, floa
         for kernel in ("xformers", "sdpa", "eager"):
             if kernel in t:
                 extra += f" {kernel} {work / t[kernel] / 1e12:6.1f} TFLOP/s"
+        if args.device == "cuda":
+            extra += (f" | HF {work / t['hf'] / 1e12:.1f}, ours {work / t['ours'] / 1e12:.1f} "
+                      f"TFLOP/s, ours peak {peak_bytes(lambda: call(ours, x)) / 2**30:.2f} GiB")
         print(f"{family.name:14} {name:4} {'forward':8} {t['hf'] * 1e3:9.1f} {t['ours'] * 1e3:9.1f} "
               f"{t['ours'] / t['hf']:7.2f} {work / t['hf'] / rates[name]:6.0%} "
               f"{work / t['ours'] / rates[name]:6.0%} {memory:6.2f}{extra}")
-        if args.train:
+        if args.train or args.device == "cuda":
             hf.train(), ours.train()
             steps = {"hf": train_step(hf, x, dtype), "ours": train_step(ours, x, dtype)}
             t = compare(steps, repeats=args.repeats)
             hf.eval(), ours.eval()
+            rate = (f"  ~{3 * work / t['hf'] / 1e12:.1f} / {3 * work / t['ours'] / 1e12:.1f} TFLOP/s"
+                    " (backward counted as 2 forwards)" if args.device == "cuda" else "")
             print(f"{family.name:14} {name:4} {'train':8} {t['hf'] * 1e3:9.1f} {t['ours'] * 1e3:9.1f} "
-                  f"{t['ours'] / t['hf']:7.2f}")
+                  f"{t['ours'] / t['hf']:7.2f}{rate}")
         for model in (hf, ours, xt):
             if model is not None:
                 model.float()
+
+
+def runnable(kernel: str, fn: Callable[[], object]) -> Callable[[], object] | None:
+    """``fn`` when one call runs; else None, printing why (a kernel that cannot run the call)."""
+    from txblocks.errors import KernelUnavailableError
+
+    try:
+        with torch.no_grad():
+            fn()
+    except KernelUnavailableError as exc:
+        print(f"  ({kernel} cannot run this family: {str(exc).splitlines()[0]})")
+        return None
+    return fn
+
+
+def bench_long_window(args: argparse.Namespace) -> None:
+    """Mistral-shaped, 4 layers, a 4096-token window over 32k tokens, bf16: Hugging Face's SDPA
+    (a dense mask) against txblocks' auto (xformers' local-attention structure)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(hidden_size=2048, num_hidden_layers=4, num_attention_heads=16,
+                           num_key_value_heads=8, intermediate_size=5632, vocab_size=32000,
+                           sliding_window=4096, max_position_embeddings=32768)
+    torch.manual_seed(0)
+    hf = MistralForCausalLM(config).eval()
+    ours = txblocks.from_hf(hf).eval()
+    hf.to(args.device, torch.bfloat16), ours.to(args.device, torch.bfloat16)
+    x = {"input_ids": torch.randint(0, 32000, (1, 32768), device=args.device)}
+    work = flops(ours, x)
+    with torch.no_grad():
+        t = compare({"hf": lambda: call(hf, x), "ours": lambda: call(ours, x)}, repeats=args.repeats)
+        memory = {k: peak_bytes(lambda m=m: call(m, x)) / 2**30 for k, m in (("hf", hf), ("ours", ours))}
+    print(f"sliding window 4096 over 32768 tokens (bf16): HF {t['hf'] * 1e3:.1f} ms "
+          f"({work / t['hf'] / 1e12:.0f} TFLOP/s, {memory['hf']:.2f} GiB), ours "
+          f"{t['ours'] * 1e3:.1f} ms ({work / t['ours'] / 1e12:.0f} TFLOP/s, "
+          f"{memory['ours']:.2f} GiB): {t['hf'] / t['ours']:.1f}x faster than HF")
 
 
 def bench_moe_vs_dense(args: argparse.Namespace) -> None:
@@ -163,6 +208,8 @@ def main() -> None:
             bench_family(family, args, rates)
     if not wanted or "mixtral-small" in wanted:
         bench_moe_vs_dense(args)
+    if args.device == "cuda" and (not wanted or "long-window" in wanted):
+        bench_long_window(args)
 
 
 def _has_xt() -> bool:

@@ -47,16 +47,29 @@ def environment() -> dict[str, str]:
     return info
 
 
+def xformers_build() -> dict[str, Any] | None:
+    """What the installed xformers was built for (its ``cpp_lib.json``: torch, CUDA, Python),
+    or None when xformers is not installed or ships no such file."""
+    import importlib.resources
+    import json
+
+    try:
+        text = importlib.resources.files("xformers").joinpath("cpp_lib.json").read_text()
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        return None
+    return dict(json.loads(text).get("version", {}))
+
+
 def _xformers_extension() -> str:
     """Whether xformers' compiled extension loaded, and the torch and CUDA it was built for."""
     try:
         from xformers import _cpp_lib
     except Exception as exc:  # broken install
         return f"cannot import ({type(exc).__name__}: {exc})"
-    built = getattr(_cpp_lib, "_build_metadata", None)
+    built = xformers_build()
     target = ""
-    if built is not None:
-        target = f" (built for torch {built.torch_version}, CUDA {built.cuda_version})"
+    if built:
+        target = f" (built for torch {built.get('torch')}, CUDA {built.get('cuda')})"
     loaded = "loaded" if getattr(_cpp_lib, "_built_with_cuda", False) else "NOT loaded"
     return loaded + target
 
