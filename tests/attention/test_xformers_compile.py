@@ -76,6 +76,19 @@ def test_xformers_path_compiles_fullgraph_forward_and_backward(registry, gen, po
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_the_device_check_is_a_constant_under_compile():
+    """``why_not_on`` runs a tiny attention once per device; a compiled forward keeps the
+    answer instead of tracing it."""
+    from txblocks.attention.xformers_kernel import _device_problem
+
+    def fn(x):
+        return x + (1.0 if _device_problem("cpu") else 0.0)
+
+    torch._dynamo.reset()
+    got = torch.compile(fn, fullgraph=True, backend="eager")(torch.zeros(2))
+    assert torch.equal(got, torch.ones(2))  # xformers cannot run on the CPU: a problem
+
+
 def test_custom_op_passes_opcheck(gen, xformers_cpu):
     from txblocks.attention.xformers_op import attention
 

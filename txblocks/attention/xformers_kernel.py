@@ -30,6 +30,12 @@ _INSTALL_HINT = "install it with `pip install 'txblocks[cuda]'` (see docs/gpu.md
 _INSTALLED = importlib.util.find_spec("xformers") is not None
 
 
+@torch.compiler.assume_constant_result
+def _device_problem(device: str) -> str | None:
+    """:func:`_cuda_problem`, asked once and kept as a constant by ``torch.compile``."""
+    return _cuda_problem(device)
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_problem(device: str) -> str | None:
     """Run a tiny attention on ``device``; say why xformers cannot, or None when it can."""
@@ -180,7 +186,7 @@ class XFormersKernel(AttentionKernel):
             return reasons
         if device.index is None and torch.cuda.is_available():
             device = torch.device("cuda", torch.cuda.current_device())
-        problem = _cuda_problem(str(device))
+        problem = _device_problem(str(device))
         return [problem] if problem else []
 
     def why_not(self, call: AttentionCall) -> list[str]:
