@@ -87,3 +87,18 @@ def test_auto_sends_structured_masks_to_xformers_and_plain_causal_to_sdpa(monkey
     # takes that class, and folded into one tensor SDPA is as good
     assert alibi["xformers"].layers == ("0", "1")
     assert alibi["sdpa"].layers == ("0 (train)", "1 (train)")
+
+
+def test_summary_shows_the_kernel_each_layer_would_use(monkeypatch):
+    pytest.importorskip("xformers.ops")
+    from txblocks.summary import summarize
+    from txblocks.testing import xformers_on_cpu
+
+    xformers_on_cpu.patch(monkeypatch)
+    monkeypatch.setattr(XFormersKernel, "why_not_on", lambda self, device: [])
+    layers = [{"select": 0, "attention": {"mask": {"type": "sliding_window", "window": 8}}},
+              {"select": 1, "attention": {"kernel": "eager"}}]
+    spec = _spec(layers=layers)
+    assert [row.kernel for row in summarize(spec, seq_len=32).layers] == ["auto", "eager"]
+    rows = summarize(spec, seq_len=32, device="cpu").layers
+    assert [row.kernel for row in rows] == ["auto → xformers", "eager"]

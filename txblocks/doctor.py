@@ -21,7 +21,8 @@ from rich.table import Table
 
 from txblocks.errors import BuildError, SpecError
 
-__all__ = ["KernelReport", "add_doctor_parser", "environment", "kernel_reports"]
+__all__ = ["KernelReport", "add_doctor_parser", "environment", "kernel_reports", "layer_calls",
+           "layer_kernels"]
 
 
 def _version(dist: str) -> str:
@@ -168,6 +169,25 @@ def kernel_reports(
             runs.setdefault(chosen, []).append(shown)
     return [KernelReport(name, name in named, tuple(runs.get(name, ())),
                          tuple(sorted(reasons[name]))) for name in kernels]  # fmt: skip
+
+
+def layer_kernels(
+    spec: Any, device: torch.device, dtype: torch.dtype | None = None, *, seq_len: int = 128
+) -> dict[str, str]:
+    """``layer label -> kernel`` for inference on ``device``: ``auto → sdpa`` where ``auto``
+    chooses, the named kernel otherwise, ``… (cannot run)`` where nothing can."""
+    from txblocks.attention.auto import AutoKernel
+
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kernels = {}
+    for label, kernel, call in layer_calls(spec, device, dtype, seq_len=seq_len, training=False):
+        if isinstance(kernel, AutoKernel):
+            chosen = _choose(kernel, call)
+            kernels[label] = f"auto → {chosen}" if chosen else "auto (nothing can run)"
+        else:
+            kernels[label] = kernel.name + (" (cannot run)" if kernel.why_not(call) else "")
+    return kernels
 
 
 def _choose(auto: Any, call: Any) -> str | None:

@@ -64,9 +64,13 @@ def _example_input(spec: ModelSpec, seq_len: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids}
 
 
-def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | None = None) -> ModelSummary:
+def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | None = None,
+              device: torch.device | str | None = None) -> ModelSummary:
     """Build ``spec`` (unless ``model`` is given) and measure one batch-1 forward of ``seq_len``
     tokens (both stacks of a seq2seq model; one image of ``image_size`` for a ViT).
+
+    With ``device``, each layer's kernel column says which kernel would run it there
+    (``auto → xformers``), as :func:`txblocks.doctor.layer_kernels` finds.
 
     FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products
     and attention; elementwise work is not counted).
@@ -80,13 +84,19 @@ def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | N
     if isinstance(spec, VitSpec):
         (h, w), (ph, pw) = spec.image_hw, spec.patch_hw
         seq_len = (h // ph) * (w // pw) + int(spec.class_token) + spec.register_tokens
+    chosen: dict[str, str] = {}
+    if device is not None:
+        from txblocks.doctor import layer_kernels
+
+        chosen = layer_kernels(spec, torch.device(device), seq_len=seq_len)
     rows = []
     for stack, blocks in _stacks(model).items():
         for i, block in enumerate(blocks):
             bspec = spec.block_for(i, stack or None)  # type: ignore[arg-type]
             rows.append(
                 LayerRow(
-                    stack, i, bspec.layout, bspec.attention.kernel.type,
+                    stack, i, bspec.layout,
+                    chosen.get(f"{stack} {i}".strip(), bspec.attention.kernel.type),
                     _describe(bspec.attention.mask), _describe(bspec.ffn), _count(block),
                 )
             )

@@ -274,3 +274,24 @@ def test_xformers_matches_eager_on_cuda(mask_case, shape, padding, n_kv_heads, d
         scale = 1 if i == 0 else 5  # gradients accumulate more rounding
         torch.testing.assert_close(got, want, atol=tol * scale, rtol=tol * scale)
         assert torch.isfinite(got).all()
+
+
+def test_a_call_without_a_backward_operator_fails_before_any_work(gen, xformers_cpu,
+                                                                  monkeypatch):  # fmt: skip
+    """Naming xformers for a call whose backward no operator runs fails at the call, with
+    xformers' reasons, never in the middle of ``backward()``."""
+    from xformers.ops.fmha import cutlass, flash, flash3
+
+    from txblocks.errors import KernelUnavailableError
+
+    for op in (cutlass.BwOp, flash.BwOp, flash3.BwOp):
+        monkeypatch.setattr(op, "not_supported_reasons",
+                            classmethod(lambda cls, inp: ["stands in for a refusal"]))
+    monkeypatch.setattr(XFormersKernel, "why_not_on", lambda self, device: [])
+    q, k, v = (torch.randn(2, 6, H, 8, generator=gen) for _ in range(3))
+    mask = CausalMask(6, 6)
+    with torch.no_grad():  # inference: forward operators only
+        XFormersKernel()(q, k, v, mask, scale=0.3)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    with pytest.raises(KernelUnavailableError, match="no backward operator.*stands in"):
+        XFormersKernel()(*leaves, mask, scale=0.3)

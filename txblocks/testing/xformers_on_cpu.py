@@ -99,10 +99,17 @@ def backward_apply(cls, ctx, inp, grad):
 
 
 def patch(monkeypatch) -> list[str]:
-    """Apply the patches described above; returns ``ran``, emptied."""
+    """Apply the patches described above; returns ``ran``, emptied. txblocks' cache of
+    xformers' verdicts starts empty and is put back afterwards (the rules differ here)."""
+    import functools
+
     from xformers.ops.common import OPERATORS_REGISTRY
     from xformers.ops.fmha.common import AttentionBwOpBase, AttentionFwOpBase
 
+    from txblocks.attention import xformers_kernel
+
+    fresh = functools.lru_cache(maxsize=None)(xformers_kernel._plan_cached.__wrapped__)
+    monkeypatch.setattr(xformers_kernel, "_plan_cached", fresh)
     monkeypatch.setattr(torch.version, "cuda", torch.version.cuda or "12.8")
     for op in OPERATORS_REGISTRY:
         if getattr(op, "OPERATOR_CATEGORY", "") != "memory_efficient_attention":
