@@ -198,10 +198,6 @@ class XFormersKernel(AttentionKernel):
             )
         if not _INSTALLED or (call.device.type == "cuda" and not torch.cuda.is_available()):
             return reasons  # why_not_on says why
-        if call.requires_grad and call.q is not None and not any(
-            t.requires_grad for t in (call.q, call.k, call.v) if t is not None
-        ):
-            reasons.append("xformers computes no bias gradient when q, k and v need none")
         plan = self.plan(call)
         return reasons + (list(plan) if isinstance(plan, tuple) else [])
 

@@ -48,11 +48,15 @@ class HFOrigin:
 
 def builtin_families() -> tuple[HFFamily, ...]:
     """The families shipped with txblocks, in the order ``to_hf`` tries them."""
-    from txblocks.hf import bart, bert, gpt2, llama, mixtral, t5, vit
+    from txblocks.hf import (
+        bart, bert, gpt2, group_decoders_a, group_decoders_b, group_others, llama, mixtral, t5,
+        vit,
+    )  # fmt: skip
 
     return (
         gpt2.GPT2, bert.BERT, bert.ROBERTA, llama.LLAMA, llama.MISTRAL, llama.QWEN2,
         mixtral.MIXTRAL, t5.T5, t5.T5_ENCODER, bart.BART, vit.VIT,
+        *group_decoders_a.FAMILIES, *group_decoders_b.FAMILIES, *group_others.FAMILIES,
     )  # fmt: skip
 
 

@@ -1,0 +1,10 @@
+"""Hugging Face families added for issue 15 (group others); see docs/hf.md."""
+
+from __future__ import annotations
+
+from txblocks.hf.family import HFFamily
+
+__all__ = ["FAMILIES"]
+
+#: The families of this group, in the order ``to_hf`` tries them.
+FAMILIES: tuple[HFFamily, ...] = ()
