@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,8 @@ def _attention(spec: AttentionSpec, dims: ModelDims, device: torch.device, where
         raise BuildError(
             f"{where}.kernel: {spec.kernel.type!r} cannot run on {device}: {'; '.join(reasons)}"
         )
+    if spec.softcap is not None:
+        _check_softcap(kernel, spec, dims, where)
     q_norm = k_norm = None
     if spec.qk_norm is not None:
         q_norm, k_norm = spec.qk_norm.build(dims.head_dim), spec.qk_norm.build(dims.head_dim)
@@ -49,6 +53,23 @@ def _attention(spec: AttentionSpec, dims: ModelDims, device: torch.device, where
         q_norm=q_norm, k_norm=k_norm,
         softcap=spec.softcap, scale=spec.scale, dropout=spec.dropout,
     )
+
+
+def _check_softcap(kernel: Any, spec: AttentionSpec, dims: ModelDims, where: str) -> None:
+    """Refuse at build a kernel that refuses every call with softcapping (the reasons a
+    call gains when softcap is set), rather than at the first forward."""
+    from txblocks.attention.kernel import AttentionCall
+    from txblocks.attention.mask import FullMask
+
+    call = AttentionCall(device=torch.device("cpu"), dtype=torch.float32, batch=1, q_len=4,
+                         k_len=4, n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads,
+                         head_dim=dims.head_dim, mask=FullMask(4, 4))  # fmt: skip
+    plain = set(kernel.why_not(call))
+    added = [r for r in kernel.why_not(dataclasses.replace(call, softcap=spec.softcap))
+             if r not in plain]  # fmt: skip
+    if added:
+        raise BuildError(f"{where}.softcap: kernel {spec.kernel.type!r} cannot "
+                         f"softcap scores: {'; '.join(added)}")
 
 
 def _where(spec: ModelSpec, index: int, stack: Stack) -> str:

@@ -13,7 +13,7 @@ from txblocks.nn.dims import ModelDims
 from txblocks.registry import ComponentConfig
 from txblocks.spec.errors import format_path
 from txblocks.spec.limits import size_problems
-from txblocks.spec.models import ModelSpec, VitSpec
+from txblocks.spec.models import ModelSpec, Seq2SeqSpec, VitSpec
 
 __all__ = ["check_spec", "dims_of"]
 
@@ -80,6 +80,20 @@ def _vit(spec: ModelSpec) -> Iterator[Problem]:
         yield Problem("patch_position", f"sincos2d needs d_model divisible by 4, got {spec.d_model}")
 
 
+def _cross_attention_layouts(spec: ModelSpec) -> Iterator[Problem]:
+    """Decoder layers of a seq2seq model attend to the encoder: no parallel layout there."""
+    if not isinstance(spec, Seq2SeqSpec):
+        return
+    bad = [i for i in range(spec.stacks["decoder"]) if spec.block_for(i, "decoder").layout == "parallel"]
+    if not bad:
+        return
+    where = next((f"layers[{j}].layout" for j, o in enumerate(spec.layers)
+                  if o.layout == "parallel" and o.stack in ("decoder", "both")), "block.layout")
+    yield Problem(where, f"decoder layers {bad} would use the parallel layout, which has no place "
+                  "for cross-attention; use pre_norm or post_norm, or give the parallel layout to "
+                  "the encoder only (layers: [{stack: encoder, select: all, layout: parallel}])")
+
+
 def _components(node: Any, path: list[str | int]) -> Iterator[tuple[list[str | int], ComponentConfig]]:
     if isinstance(node, ComponentConfig):
         yield path, node
@@ -93,7 +107,7 @@ def _components(node: Any, path: list[str | int]) -> Iterator[tuple[list[str | i
 
 def check_spec(spec: ModelSpec) -> list[Problem]:
     """Every cross-field problem of a validated spec (empty when it is consistent)."""
-    problems = [*_heads(spec), *_overrides(spec), *_vit(spec)]
+    problems = [*_heads(spec), *_overrides(spec), *_vit(spec), *_cross_attention_layouts(spec)]
     if problems:
         return problems  # the sizes below would be meaningless
     problems = list(size_problems(spec))
