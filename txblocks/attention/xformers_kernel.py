@@ -81,11 +81,6 @@ class XFormersPlan:
     forward_op: str
     backward_op: str
 
-    @property
-    def dense(self) -> bool:
-        """True when a dense ``(B, H, Tq, Tk)`` tensor stands for the mask's structure."""
-        return self.folded
-
 
 class _Key(NamedTuple):
     """Everything xformers' verdict depends on, as plain values (hashable, and constants
@@ -127,7 +122,7 @@ def _plan(*key: object) -> XFormersPlan | tuple[str, ...]:
 
 @functools.lru_cache(maxsize=4096)
 def _plan_cached(key: _Key) -> XFormersPlan | tuple[str, ...]:
-    """The first form of the call that xformers accepts, or xformers' reasons for the last."""
+    """The first form of the call that xformers accepts, or xformers' reasons for each form."""
     from txblocks.attention.xformers_dispatch import ask
     from txblocks.attention.xformers_op import xformers_inputs
 
