@@ -49,11 +49,21 @@ class NoPositionConfig(ComponentConfig):
 class SinusoidalConfig(ComponentConfig):
     """Fixed sine/cosine embeddings added to the tokens (Vaswani et al. 2017, §3.5).
 
+    The table is fixed (not trained, not saved). ``layout: half`` gives Hugging Face's
+    Marian / Pegasus table: all sines, then all cosines, of the same frequencies.
+
     Attributes:
         base: wavelength base of ``PE(pos, 2i) = sin(pos / base^(2i/d_model))``.
+        layout: ``interleaved`` (sin, cos, sin, ... as in the paper) or ``half`` (the
+            ``ceil(d/2)`` sines in the first columns, the ``floor(d/2)`` cosines after them).
     """
 
     base: float = Field(10000.0, gt=0, description="wavelength base (10000 in the paper)")
+    layout: Literal["interleaved", "half"] = Field(
+        "interleaved",
+        description="interleaved: sin and cos in alternate columns (the paper); half: all sines, "
+        "then all cosines (Hugging Face's Marian and Pegasus)",
+    )
 
 
 class LearnedConfig(ComponentConfig):
@@ -193,7 +203,9 @@ def _none(dims: ModelDims, config: NoPositionConfig) -> PositionalScheme:
 
 def _sinusoidal(dims: ModelDims, config: SinusoidalConfig) -> SinusoidalPositions:
     """Fixed sine/cosine embeddings added to the tokens (Vaswani et al. 2017)."""
-    return SinusoidalPositions(dims.d_model, dims.max_seq_len, base=config.base)
+    return SinusoidalPositions(
+        dims.d_model, dims.max_seq_len, base=config.base, layout=config.layout
+    )
 
 
 def _learned(dims: ModelDims, config: LearnedConfig) -> LearnedPositions:
