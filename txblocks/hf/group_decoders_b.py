@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from txblocks.hf.family import HFFamily
+from txblocks.hf.phi3 import PHI3
 
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = ()
+FAMILIES: tuple[HFFamily, ...] = (PHI3,)

@@ -1,0 +1,99 @@
+"""Phi-3 (``Phi3Model``, ``Phi3ForCausalLM``) <-> a pre-norm RMSNorm decoder with fused qkv.
+
+Phi-3 (Abdin et al. 2024) is Llama's block with two fused projections, which txblocks
+fuses the same way: ``qkv_proj`` (rows q, k, v) is the attention's ``qkv`` and
+``gate_up_proj`` (gate rows first, ``chunk(2)``) the GLU's ``gate_up``; both are copied
+as they are. ``partial_rotary_factor`` rotates the first ``int(head_dim · factor)`` dims of
+each head (``position.fraction``), ``sliding_window`` masks every layer, ``resid_pdrop``
+drops both residual branches (``block.dropout``). Only the ``default`` rope is mapped
+(``longrope``, Phi-3's 128k variants, is refused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txblocks.hf.family import ConfigView
+from txblocks.hf.llama import _common_config, _family, _rope_parameters, _spec, _window, _windows
+from txblocks.hf.llama import rope, rope_parameters
+from txblocks.hf.rules import Rule
+
+__all__ = ["PHI3", "RopeView", "partial_rope", "partial_rope_parameters"]
+
+WEIGHTS = (
+    Rule("embed_tokens.weight", "embeddings.tokens.weight"),
+    Rule("layers.{i}.self_attn.qkv_proj.weight", "blocks.{i}.attention.qkv.weight"),
+    Rule("layers.{i}.self_attn.o_proj.weight", "blocks.{i}.attention.out.weight"),
+    Rule("layers.{i}.mlp.gate_up_proj.weight", "blocks.{i}.ffn.gate_up.weight"),
+    Rule("layers.{i}.mlp.down_proj.weight", "blocks.{i}.ffn.down.weight"),
+    Rule("layers.{i}.input_layernorm.weight", "blocks.{i}.norm1.weight"),
+    Rule("layers.{i}.post_attention_layernorm.weight", "blocks.{i}.norm2.weight"),
+    Rule("norm.weight", "final_norm.weight"),
+)
+
+
+class RopeView:
+    """A config view whose ``rope_parameters`` lack ``partial_rotary_factor``, kept apart
+    as :attr:`fraction`, so that Llama's mappings (which refuse the factor) serve the
+    families whose attention rotates part of each head (Phi-3, StableLM)."""
+
+    def __init__(self, view: ConfigView) -> None:
+        params = _rope_parameters(view)
+        fraction = params.pop("partial_rotary_factor", None)
+        if fraction is None:  # transformers 4.x kept it beside rope_theta
+            fraction = view.get("partial_rotary_factor", 1.0)
+        self._view, self._params, self.fraction = view, params, fraction
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        return getattr(self._view, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self._params) if key == "rope_parameters" else self._view.get(key, default)
+
+    def unsupported(self, key: str, why: str) -> None:
+        self._view.unsupported(key, why)
+
+
+def partial_rope(c: ConfigView) -> dict[str, Any]:
+    """The ``position`` of a family whose attention rotates ``partial_rotary_factor`` of each
+    head: Llama's rope mapping, with that factor as ``fraction``."""
+    view = RopeView(c)
+    return {**rope(view), "fraction": view.fraction}  # type: ignore[arg-type]
+
+
+def partial_rope_parameters(position: Any) -> dict[str, Any]:
+    """HF ``rope_parameters`` of a spec's ``position``, with its ``partial_rotary_factor``."""
+    fraction = getattr(position, "fraction", 1.0)
+    return {**rope_parameters(position), "partial_rotary_factor": fraction}
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of a Phi3Config (without head)."""
+    view = RopeView(c)
+    data = _spec(view, qkv_bias=False, out_bias=False, mlp_bias=False,  # type: ignore[arg-type]
+                 mask=_window(c.sliding_window), layers=[])  # fmt: skip
+    data["position"]["fraction"] = view.fraction
+    data["block"]["dropout"] = c.resid_pdrop
+    return data
+
+
+def config(s: Any) -> dict[str, Any]:
+    """Phi3Config fields of a spec (checked by converting back)."""
+    windows = set(_windows(s))
+    out = {**_common_config(s), "rope_parameters": partial_rope_parameters(s.position),
+           "resid_pdrop": s.block.dropout,
+           "sliding_window": windows.pop() if len(windows) == 1 else None}  # fmt: skip
+    if out["head_dim"] == s.d_model // s.n_heads:
+        del out["head_dim"]  # not a Phi3Config field; Phi-3 reads it only when set
+    return out
+
+
+PHI3 = _family(
+    "phi3", "Phi3", spec, config, weights=WEIGHTS,
+    ignored={
+        "embd_pdrop": "Phi3Model never applies it",
+        "original_max_position_embeddings": "read by the longrope scaling only, which is refused",
+    },
+)  # fmt: skip
