@@ -17,3 +17,262 @@ def perturbed(factory: Callable[[], Any]) -> Any:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
+
+
+# --- Decoders converted both ways (issue 15, group decoders_a) -----------------------------
+# Parity on padded batches (both sides), `to_hf(from_hf(m))`, greedy decoding, all in fp32.
+
+DECODER_IDS = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2}
+
+
+def scaled(model: Any, names: tuple[str, ...], factor: float = 3.0) -> Any:
+    """``model`` with every parameter whose name contains one of ``names`` times ``factor``
+    (query and key weights: sharper attention, so positions matter)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(part in name for part in names):
+                p.mul_(factor)
+    return model
+
+
+def padded_batch(side: str, vocab: int = 97, length: int = 12) -> dict[str, torch.Tensor]:
+    """Three rows (lengths ``length``, 7, 3) padded with id 1 on the ``side``."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (3, length), generator=g)
+    mask = torch.ones_like(ids)
+    for row, n in ((1, 7), (2, 3)):
+        if side == "right":
+            mask[row, n:] = 0
+        else:
+            mask[row, : length - n] = 0
+    return {"input_ids": ids.masked_fill(mask == 0, 1), "attention_mask": mask}
+
+
+def _outputs(hf: Any, tx: Any, inputs: dict[str, torch.Tensor],
+             tx_kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    with torch.no_grad():
+        h_hf = hf.base_model(**inputs).last_hidden_state
+        y_hf = hf(**inputs).logits if hf.base_model is not hf else None
+        out = tx(inputs["input_ids"], attention_mask=inputs["attention_mask"], **tx_kwargs)
+    return h_hf, y_hf, out.last_hidden_state, out.logits
+
+
+def decoder_parity(hf: Any, side: str, *, positions_from_mask: bool = False) -> float:
+    """The largest difference (hidden states and logits, real positions) between ``hf`` and
+    ``from_hf(hf)`` on a padded batch; asserts it is within 1e-4.
+
+    ``positions_from_mask``: HF numbers positions from the attention mask (OPT), so the
+    txblocks model gets the same ``position_ids``.
+    """
+    from txblocks.hf import from_hf
+
+    tx = from_hf(hf)
+    inputs = padded_batch(side, hf.config.vocab_size)
+    mask = inputs["attention_mask"]
+    kwargs = {"position_ids": (mask.cumsum(-1) - 1).clamp_min(0)} if positions_from_mask else {}
+    h_hf, y_hf, h_tx, y_tx = _outputs(hf, tx, inputs, kwargs)
+    keep = mask.bool()
+    assert h_hf.abs().max() > 0.1  # not a degenerate model
+    diff = (h_hf[keep] - h_tx[keep]).abs().max().item()
+    assert (y_hf is None) == (y_tx is None)
+    if y_hf is not None:
+        diff = max(diff, (y_hf[keep] - y_tx[keep]).abs().max().item())
+    assert diff <= 1e-4, diff
+    return diff
+
+
+def decoder_round_trip(hf: Any) -> None:
+    """``to_hf(from_hf(hf))``: same class, weights, spec and logits as ``hf``."""
+    from txblocks.hf import from_hf, spec_from_hf, to_hf
+
+    model = from_hf(hf)
+    back = to_hf(model)
+    assert type(back) is type(hf) and not back.training
+    source = hf.state_dict()
+    assert set(back.state_dict()) == set(source)
+    for name, tensor in back.state_dict().items():
+        torch.testing.assert_close(tensor, source[name], rtol=0, atol=0, msg=name)
+    exclude = {"name"}
+    assert spec_from_hf(back).model_dump(exclude=exclude) == model.spec.model_dump(exclude=exclude)
+    inputs = padded_batch("right", hf.config.vocab_size)
+    with torch.no_grad():
+        y1, y2 = (_final(m(**inputs)) for m in (hf, back))
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+
+
+def _final(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    return out.last_hidden_state if logits is None else logits
+
+
+def decoder_greedy(hf: Any, new: int = 20) -> None:
+    """Greedy decoding of two left-padded prompts (9 and 5 tokens): ``hf.generate`` and
+    ``from_hf(hf).generate`` give the same tokens, end-of-sequence suppressed."""
+    from txblocks.hf import from_hf
+
+    model = from_hf(hf)
+    ids = torch.randint(3, hf.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    ids = ids.masked_fill(mask == 0, DECODER_IDS["pad_token_id"])
+    settings = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False}
+    expected = hf.generate(ids, attention_mask=mask, **settings)
+    got = model.generate(ids, mask, eos_token_id=DECODER_IDS["eos_token_id"],
+                         pad_token_id=DECODER_IDS["pad_token_id"], **settings)  # fmt: skip
+    assert torch.equal(expected, got), f"\nHF:\n{expected}\ntxblocks:\n{got}"
+    for row in expected[:, -new:]:
+        assert len(set(row.tolist())) >= 4  # not stuck on a few tokens
+
+
+# --- decoders_b (issue 15): a check that the parity tests exercise positions ---------------
+
+
+def positions_matter(hf: Any, tol: float = 1e-3) -> None:
+    """Asserts that ``hf``'s hidden states change (by more than ``tol``) when the distances
+    between positions double: the model's query and key weights are large enough that a
+    parity test checks its positional scheme (RoPE sees distances, not a uniform shift)."""
+    inputs = padded_batch("right", hf.config.vocab_size)
+    mask = inputs["attention_mask"]
+    with torch.no_grad():
+        plain = hf.base_model(**inputs).last_hidden_state
+        stretched = 2 * (mask.cumsum(-1) - 1).clamp_min(0)
+        shifted = hf.base_model(**inputs, position_ids=stretched).last_hidden_state
+    keep = mask.bool()
+    assert (plain[keep] - shifted[keep]).abs().max().item() > tol
+
+
+# --- Encoders, seq2seq, MoE and towers converted both ways (issue 15, group others) -------
+
+
+def perturbed_all(factory: Callable[[], Any], seed: int = 0) -> Any:
+    """``factory()``'s HF model (seed ``seed``) with every parameter and float buffer
+    (``final_logits_bias``) moved off its init, in eval mode. Fixed sinusoid tables
+    (modules with ``create_weight``: Marian, Pegasus) are computed again afterwards."""
+    torch.manual_seed(seed)
+    model = factory()
+    params = {id(p) for p in model.parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for tensor in model.state_dict(keep_vars=True).values():
+            if id(tensor) not in params and tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.1)
+        for module in model.modules():
+            if hasattr(module, "create_weight"):
+                module.weight.copy_(module.create_weight())
+    return model.eval()
+
+
+def masked_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """The largest |a - b| on the real positions of ``mask`` (B, T) (all of a (B, K) tensor)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    if a.shape[:2] != mask.shape:
+        return (a - b).abs().max().item()
+    keep = mask.bool()
+    return (a[keep] - b[keep]).abs().max().item()
+
+
+def encoder_parity(hf: Any, *, token_types: int = 0, length: int = 12) -> float:
+    """The largest difference (hidden states and logits, real positions) between ``hf`` and
+    ``from_hf(hf)`` on a right-padded batch; asserts it is within 1e-4."""
+    from txblocks.hf import from_hf
+
+    tx = from_hf(hf)
+    assert not tx.training
+    inputs = padded_batch("right", hf.config.vocab_size, length)
+    kwargs = {}
+    if token_types:
+        types = torch.randint(0, token_types, inputs["input_ids"].shape,
+                              generator=torch.Generator().manual_seed(2))  # fmt: skip
+        inputs["token_type_ids"] = kwargs["token_type_ids"] = types
+    h_hf, y_hf, h_tx, y_tx = _outputs(hf, tx, inputs, kwargs)
+    mask = inputs["attention_mask"]
+    assert h_hf.abs().max() > 0.1  # not a degenerate model
+    diff = masked_diff(h_hf, h_tx, mask)
+    assert (y_hf is None) == (y_tx is None)
+    if y_hf is not None:
+        diff = max(diff, masked_diff(y_hf, y_tx, mask))
+    assert diff <= 1e-4, diff
+    return diff
+
+
+def both_ways(hf: Any, inputs: dict[str, torch.Tensor], *, unread: tuple[str, ...] = (),
+              atol: float = 0.0) -> Any:
+    """``to_hf(from_hf(hf))``: same class, weights (but ``unread``: names whose values
+    ``from_hf`` never reads), spec and outputs on ``inputs`` as ``hf``; returns it."""
+    from txblocks.hf import from_hf, spec_from_hf, to_hf
+
+    model = from_hf(hf)
+    back = to_hf(model)
+    assert type(back) is type(hf) and not back.training
+    source = hf.state_dict()
+    for name, tensor in back.state_dict().items():  # a skipped pooler does not come back
+        if name not in unread:
+            torch.testing.assert_close(tensor, source[name], rtol=0, atol=0, msg=name)
+    exclude = {"name"}
+    assert spec_from_hf(back).model_dump(exclude=exclude) == model.spec.model_dump(exclude=exclude)
+    with torch.no_grad():
+        y1, y2 = (_final(m(**inputs)) for m in (hf, back))
+    torch.testing.assert_close(y1, y2, rtol=0, atol=atol)
+    return back
+
+
+def seq2seq_batch(vocab: int = 97, pad: int = 1) -> dict[str, torch.Tensor]:
+    """Sources (lengths 11, 6, 2) and targets (lengths 9, 9, 5), both right-padded."""
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(3, vocab, (3, 11), generator=g)
+    src_mask = torch.ones_like(src)
+    src_mask[1, 6:] = 0
+    src_mask[2, 2:] = 0
+    tgt = torch.randint(3, vocab, (3, 9), generator=g)
+    tgt_mask = torch.ones_like(tgt)
+    tgt_mask[2, 5:] = 0
+    return {"input_ids": src.masked_fill(src_mask == 0, pad), "attention_mask": src_mask,
+            "decoder_input_ids": tgt.masked_fill(tgt_mask == 0, pad),
+            "decoder_attention_mask": tgt_mask}  # fmt: skip
+
+
+def seq2seq_parity(hf: Any, *, pad: int = 1) -> float:
+    """The largest difference (encoder output, decoder hidden states, logits; real
+    positions) between ``hf`` and ``from_hf(hf)``; asserts it is within 1e-4."""
+    from txblocks.hf import from_hf
+
+    tx = from_hf(hf)
+    assert not tx.training
+    x = seq2seq_batch(hf.config.vocab_size, pad)
+    with torch.no_grad():
+        out = hf(**x)
+        decoder = out.last_hidden_state if hf.base_model is hf else hf.base_model(**x).last_hidden_state
+        got = tx(x["input_ids"], x["attention_mask"], decoder_input_ids=x["decoder_input_ids"],
+                 decoder_attention_mask=x["decoder_attention_mask"])  # fmt: skip
+    assert out.encoder_last_hidden_state.abs().max() > 0.1
+    diffs = [masked_diff(out.encoder_last_hidden_state, got.encoder_last_hidden_state,
+                         x["attention_mask"]),
+             masked_diff(decoder, got.last_hidden_state, x["decoder_attention_mask"])]  # fmt: skip
+    logits = getattr(out, "logits", None)
+    assert (logits is None) == (got.logits is None)
+    if logits is not None:
+        diffs.append(masked_diff(logits, got.logits, x["decoder_attention_mask"]))
+    assert max(diffs) <= 1e-4, diffs
+    return max(diffs)
+
+
+def seq2seq_greedy(hf: Any, *, new: int = 20, pad: int = 1, eos: int = 2) -> None:
+    """Greedy decoding of two right-padded sources (9 and 5 tokens) from the config's
+    ``decoder_start_token_id``: ``hf.generate`` and ``from_hf(hf).generate`` give the same
+    tokens, end-of-sequence suppressed."""
+    from txblocks.hf import from_hf
+
+    model = from_hf(hf)
+    src = torch.randint(3, hf.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(src)
+    mask[1, 5:] = 0
+    src = src.masked_fill(mask == 0, pad)
+    start = hf.config.decoder_start_token_id
+    settings = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False}
+    expected = hf.generate(src, attention_mask=mask, decoder_start_token_id=start, **settings)
+    got = model.generate(src, mask, decoder_start_token_id=start, eos_token_id=eos,
+                         pad_token_id=pad, **settings)  # fmt: skip
+    assert torch.equal(expected, got), f"\nHF:\n{expected}\ntxblocks:\n{got}"
+    for row in expected[:, -new:]:
+        assert len(set(row.tolist())) >= 4  # not stuck on a few tokens

@@ -1,10 +1,12 @@
-"""Hugging Face families added for issue 15 (group decoders_a); see docs/hf.md."""
+"""Hugging Face families added for issue 15 (group decoders_a); see docs/hf-decoders-a.md."""
 
 from __future__ import annotations
 
 from txblocks.hf.family import HFFamily
+from txblocks.hf.gpt_neo import GPT_NEO
+from txblocks.hf.gptj import GPTJ
 
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = ()
+FAMILIES: tuple[HFFamily, ...] = (GPT_NEO, GPTJ)

@@ -1,0 +1,70 @@
+"""GPT-J both ways: parallel block with one shared norm, interleaved partial RoPE, biased head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
+
+from .conftest import DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed
+from .conftest import scaled
+
+QK = ("q_proj", "k_proj")
+
+
+def gptj(cls: str, **kw: Any) -> Callable[[], Any]:
+    # head_dim 8: rotary_dim 6 rotates three pairs, two dims pass
+    base = {"n_layer": 3, "n_embd": 48, "n_head": 6, "rotary_dim": 6, "vocab_size": 97,
+            "n_positions": 40, "n_inner": 40, "initializer_range": 0.2,
+            **DECODER_IDS}  # fmt: skip
+    config = transformers.GPTJConfig(**{**base, **kw})
+    return lambda: scaled(getattr(transformers, cls)(config), QK)
+
+
+CASES = {
+    "lm-rotary6": gptj("GPTJForCausalLM"),
+    "lm-tied-full-rotary-relu": gptj("GPTJForCausalLM", rotary_dim=8, tie_word_embeddings=True,
+                                     activation_function="relu"),
+    "base-rotary2": gptj("GPTJModel", rotary_dim=2, n_inner=None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_numbers(case: str, side: str) -> None:
+    decoder_parity(perturbed(CASES[case]), side)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_round_trip(case: str) -> None:
+    decoder_round_trip(perturbed(CASES[case]))
+
+
+def test_greedy_decoding() -> None:
+    decoder_greedy(perturbed(gptj("GPTJForCausalLM", n_layer=2)))
+
+
+def test_spec() -> None:
+    spec = spec_from_hf(perturbed(CASES["lm-rotary6"]))
+    assert spec.block.layout == "parallel"
+    assert (spec.position.interleaved, int(8 * spec.position.fraction)) == (True, 6)
+    assert spec.head.bias and not spec.head.tie_embeddings
+
+
+def test_two_different_norms_are_refused() -> None:
+    model = from_hf(perturbed(CASES["lm-rotary6"]))
+    with torch.no_grad():
+        model.blocks[1].norm2.weight[0] += 0.5
+    with pytest.raises(HFConversionError, match="norm2: differs from norm1"):
+        to_hf(model, family="gptj")
+
+
+def test_rotary_dim_beyond_the_head() -> None:
+    with pytest.raises(HFConversionError, match="rotary_dim: 12: must be even"):
+        spec_from_hf(transformers.GPTJConfig(n_embd=48, n_head=6, rotary_dim=12))

@@ -1,0 +1,159 @@
+"""GPT-J (``GPTJModel``, ``GPTJForCausalLM``) <-> a parallel decoder with interleaved, partial RoPE.
+
+A GPT-J block is ``x + attn(ln_1(x)) + mlp(ln_1(x))``: txblocks' ``parallel`` layout, whose
+two norms both come from ``ln_1`` (:class:`SharedNorm`). The first ``rotary_dim`` dims of
+each head rotate, adjacent dims paired (``rope {fraction: rotary_dim / head_dim,
+interleaved: true}``, theta 10000). ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` have
+no bias; the LM head has one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from txblocks.errors import Problem
+from txblocks.hf.family import (
+    ConfigView,
+    HFConversionError,
+    HFFamily,
+    HFHead,
+    activation,
+    ffn_hidden,
+    hf_activation,
+)
+from txblocks.hf.rules import Rule
+
+__all__ = ["GPTJ", "SharedNorm", "rope_fraction"]
+
+
+@dataclass(frozen=True)
+class SharedNorm:
+    """One HF norm feeding both branches of a parallel block <-> txblocks' ``norm2``.
+
+    ``norm1`` takes the HF norm with a plain ``copy`` rule; this rule gives ``norm2`` the
+    same tensor. Back to HF, ``norm2`` must equal what ``norm1`` wrote (the block's
+    parameters are copied in order: attention, ffn, norm1, norm2): a model whose two norms
+    differ has no HF counterpart, and is refused rather than losing one of them.
+
+    Args:
+        family: the HF family, for the message.
+    """
+
+    family: str
+    arity: ClassVar[int] = 1
+
+    def to_tx(self, tensors: Sequence[Tensor]) -> Tensor:
+        return tensors[0]
+
+    def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+        if not torch.equal(tensor, like[0].detach().to(tensor.dtype)):
+            raise HFConversionError(
+                f"the txblocks model cannot become a {self.family} model",
+                [Problem("norm2", (
+                    f"differs from norm1 in a layer; a {self.family} block has one norm for "
+                    "attention and ffn"
+                ))],
+            )  # fmt: skip
+        return [tensor]
+
+
+WEIGHTS = (
+    Rule("wte.weight", "embeddings.tokens.weight"),
+    Rule("h.{i}.ln_1.{p}", "blocks.{i}.norm1.{p}"),
+    Rule("h.{i}.ln_1.{p}", "blocks.{i}.norm2.{p}", SharedNorm("GPT-J")),
+    Rule(("h.{i}.attn.q_proj.weight", "h.{i}.attn.k_proj.weight", "h.{i}.attn.v_proj.weight"),
+         "blocks.{i}.attention.qkv.weight", "concat"),
+    Rule("h.{i}.attn.out_proj.weight", "blocks.{i}.attention.out.weight"),
+    Rule("h.{i}.mlp.fc_in.{p}", "blocks.{i}.ffn.up.{p}"),
+    Rule("h.{i}.mlp.fc_out.{p}", "blocks.{i}.ffn.down.{p}"),
+    Rule("ln_f.{p}", "final_norm.{p}"),
+)  # fmt: skip
+
+
+def rope_fraction(rotary_dim: int, head_dim: int) -> float:
+    """The ``fraction`` for which ``int(head_dim * fraction) == rotary_dim`` (txblocks' rule)."""
+    fraction = rotary_dim / head_dim
+    while int(head_dim * fraction) < rotary_dim:  # 0.999... from rounding
+        fraction = math.nextafter(fraction, 2.0)
+    return fraction
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of a GPTJConfig (without head)."""
+    d_model, n_heads = c.n_embd, c.n_head
+    head_dim = d_model // n_heads
+    rotary_dim = c.rotary_dim
+    if rotary_dim is None:  # HF then rotates whole heads (n_head 1 only; others fail)
+        rotary_dim = head_dim
+    if not 0 < rotary_dim <= head_dim or rotary_dim % 2:
+        why = f"must be even and between 2 and the head size {head_dim} (HF slices heads by it)"
+        c.unsupported("rotary_dim", why)
+        rotary_dim = head_dim
+    return {
+        "arch": "decoder",
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.n_positions,
+        "d_model": d_model,
+        "n_layers": c.n_layer,
+        "n_heads": n_heads,
+        "position": {"type": "rope", "theta": 10000.0, "interleaved": True,
+                     "fraction": rope_fraction(rotary_dim, head_dim)},
+        "embedding": {"dropout": c.embd_pdrop},
+        "block": {
+            "layout": "parallel",
+            "norm": {"type": "layernorm", "eps": c.layer_norm_epsilon},
+            "attention": {"mask": "causal", "bias": False, "fused_qkv": True,
+                          "dropout": c.attn_pdrop},
+            "ffn": {"type": "mlp", "hidden": c.n_inner or 4 * d_model, "bias": True,
+                    "activation": activation(c, "activation_function"), "dropout": 0.0},
+            "dropout": c.resid_pdrop,
+        },
+        "init_std": c.initializer_range,
+    }  # fmt: skip
+
+
+def config(s: Any) -> dict[str, Any]:
+    """GPTJConfig fields of a spec (checked by converting back)."""
+    block = s.block
+    return {
+        "vocab_size": s.vocab_size,
+        "n_positions": s.max_seq_len,
+        "n_embd": s.d_model,
+        "n_layer": s.n_layers,
+        "n_head": s.n_heads,
+        "rotary_dim": int(s.head_size * getattr(s.position, "fraction", 1.0)),
+        "n_inner": ffn_hidden(block.ffn, s.d_model),
+        "activation_function": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
+        "resid_pdrop": block.dropout,
+        "embd_pdrop": s.embedding.dropout,
+        "attn_pdrop": block.attention.dropout,
+        "layer_norm_epsilon": getattr(block.norm, "eps", 1e-5),
+        "initializer_range": s.init_std,
+    }
+
+
+GPTJ = HFFamily(
+    name="gptj",
+    arch="decoder",
+    model_type="gptj",
+    config_class="GPTJConfig",
+    spec=spec,
+    config=config,
+    weights=WEIGHTS,
+    heads=(
+        HFHead("GPTJModel", None),
+        HFHead(
+            "GPTJForCausalLM",
+            "lm",
+            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": True},
+            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
+            weights=(Rule("lm_head.{p}", "head.proj.{p}"),),
+        ),
+    ),
+)
