@@ -38,8 +38,8 @@ def rope(**kw: Any) -> dict[str, Any]:
 
 
 CASES = {
-    "lm-partial-half-window5": phi3(rope_parameters=rope(partial_rotary_factor=0.5),
-                                    sliding_window=5),
+    "lm-partial-half-window5": phi3(
+        rope_parameters=rope(partial_rotary_factor=0.5), sliding_window=5),
     "lm-tied-head-dim-10": phi3(tie_word_embeddings=True, head_dim=10),
     "base-mha-gelu-tanh": phi3("Phi3Model", num_key_value_heads=6, hidden_act="gelu_pytorch_tanh"),
 }  # fmt: skip
@@ -66,7 +66,8 @@ def test_spec() -> None:
     spec = spec_from_hf(CASES["lm-partial-half-window5"]())
     assert (spec.position.type, spec.position.fraction, spec.position.theta) == ("rope", 0.5, 500.0)
     assert spec.block.attention.mask.window == 5
-    assert (spec.block.ffn.type, spec.block.ffn.hidden, spec.block.norm.type) == ("glu", 40, "rmsnorm")
+    ffn = spec.block.ffn
+    assert (ffn.type, ffn.hidden, spec.block.norm.type) == ("glu", 40, "rmsnorm")
 
 
 def test_unsupported_options_are_listed_together() -> None:
