@@ -197,7 +197,7 @@ def encoder_parity(hf: Any, *, token_types: int = 0, length: int = 12) -> float:
 
 
 def both_ways(hf: Any, inputs: dict[str, torch.Tensor], *, unread: tuple[str, ...] = (),
-              atol: float = 0.0) -> Any:
+              atol: float = 1e-5) -> Any:
     """``to_hf(from_hf(hf))``: same class, weights (but ``unread``: names whose values
     ``from_hf`` never reads), spec and outputs on ``inputs`` as ``hf``; returns it."""
     from txblocks.hf import from_hf, spec_from_hf, to_hf

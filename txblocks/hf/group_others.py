@@ -1,10 +1,13 @@
-"""Hugging Face families added for issue 15 (group others); see docs/hf.md."""
+"""Hugging Face families added for issue 15 (group others); see docs/hf-others.md."""
 
 from __future__ import annotations
 
+from txblocks.hf.distilbert import DISTILBERT
+from txblocks.hf.electra import ELECTRA
 from txblocks.hf.family import HFFamily
+from txblocks.hf.xlm_roberta import XLM_ROBERTA
 
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = ()
+FAMILIES: tuple[HFFamily, ...] = (XLM_ROBERTA, DISTILBERT, ELECTRA)
