@@ -5,8 +5,9 @@ from __future__ import annotations
 from txblocks.hf.family import HFFamily
 from txblocks.hf.gemma import GEMMA
 from txblocks.hf.phi3 import PHI3
+from txblocks.hf.qwen3 import QWEN3
 
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA)
+FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3)
