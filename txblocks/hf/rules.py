@@ -42,6 +42,10 @@ class Transform(Protocol):
     ``to_tx`` and ``to_hf`` the slice ``[value]`` of each HF tensor (writes go into that
     slice), and checks that every slice of each HF tensor is read or written once.
 
+    A transform that depends on the model's shape (GPT-NeoX's and Falcon's fused qkv,
+    grouped per head) may have a ``bind(spec)`` method: the engine calls it with the
+    txblocks model's spec and uses the transform it returns.
+
     Attributes:
         arity: how many HF names a rule with this transform has (None: two or more).
     """

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from txblocks.errors import Problem
 from txblocks.hf.family import HFConversionError, HFFamily, HFHead
-from txblocks.hf.rules import Rule
+from txblocks.hf.rules import Rule, Transform
 
 __all__ = ["copy_weights"]
 
@@ -68,6 +68,12 @@ def _slices(
     return ([] if problems else [t[index] for t in hf_tensors]), problems
 
 
+def _bound(transform: Transform, model: nn.Module) -> Transform:
+    """``transform``, or the one its ``bind(spec)`` gives for this txblocks model's spec."""
+    bind = getattr(transform, "bind", None)
+    return transform if bind is None else bind(getattr(model, "spec", None))
+
+
 def copy_weights(
     tx_model: nn.Module, hf_model: nn.Module, family: HFFamily, head: HFHead, *, to_hf: bool
 ) -> None:
@@ -100,7 +106,7 @@ def copy_weights(
                     continue
                 for n, t in zip(hf_names, hf_tensors, strict=True):
                     sliced.setdefault(id(t), (n, t.shape[0], set()))[2].add(index)
-            transform = rule.resolved
+            transform = _bound(rule.resolved, tx_model)
             if to_hf:
                 values = transform.to_hf(tensor.detach(), targets)
                 pairs = list(zip(targets, values, strict=True))
