@@ -6,8 +6,9 @@ from txblocks.hf.family import HFFamily
 from txblocks.hf.gemma import GEMMA
 from txblocks.hf.phi3 import PHI3
 from txblocks.hf.qwen3 import QWEN3
+from txblocks.hf.stablelm import STABLELM
 
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3)
+FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3, STABLELM)

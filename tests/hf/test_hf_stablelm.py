@@ -1,0 +1,83 @@
+"""StableLM <-> txblocks: same numbers as Hugging Face, both ways.
+
+Tiny random models (d_model 48, GQA 6/2), every parameter perturbed (LayerNorm weights and
+biases too) and q, k scaled up (positions matter), fp32, padded batches on both sides:
+hidden states and logits within 1e-4 on real positions; ``to_hf(from_hf(m))`` is ``m``;
+greedy decoding gives HF's tokens. RoPE on part of each head: StableLM's default 0.25
+(2 of 8 dims) and 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from txblocks.hf import HFConversionError, spec_from_hf
+
+from .conftest import (
+    DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed, positions_matter,
+    scaled,
+)  # fmt: skip
+
+VOCAB = 97
+
+
+def stablelm(cls: str = "StableLmForCausalLM", **kw: Any) -> Callable[[], Any]:
+    base = {"num_hidden_layers": 2, "hidden_size": 48, "num_attention_heads": 6,
+            "num_key_value_heads": 2, "vocab_size": VOCAB, "intermediate_size": 40,
+            "max_position_embeddings": 64, "initializer_range": 0.1, **DECODER_IDS}  # fmt: skip
+    config = transformers.StableLmConfig(**{**base, **kw})
+    return lambda: scaled(perturbed(lambda: getattr(transformers, cls)(config)),
+                          ("q_proj", "k_proj"), factor=4.0)  # fmt: skip
+
+
+HALF = {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}
+
+CASES = {
+    "lm-qkv-bias-half-rotary": stablelm(use_qkv_bias=True, rope_parameters=HALF),
+    "lm-tied-default-rotary": stablelm(tie_word_embeddings=True, rope_theta=100.0),
+    "base-mha-gelu-tanh": stablelm("StableLmModel", num_key_value_heads=6,
+                                   hidden_act="gelu_pytorch_tanh", rope_parameters=HALF),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_numbers(case: str, side: str) -> None:
+    hf = CASES[case]()
+    positions_matter(hf)
+    decoder_parity(hf, side)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_round_trip(case: str) -> None:
+    decoder_round_trip(CASES[case]())
+
+
+def test_greedy_decoding_same_tokens() -> None:
+    decoder_greedy(stablelm(use_qkv_bias=True, rope_parameters=HALF)())
+
+
+def test_spec() -> None:
+    spec = spec_from_hf(CASES["lm-tied-default-rotary"]())
+    assert (spec.position.fraction, spec.position.theta) == (0.25, 100.0)
+    norm = spec.block.norm
+    assert (norm.type, norm.eps, norm.bias, norm.affine) == ("layernorm", 1e-5, True, True)
+    attention = spec.block.attention
+    assert (attention.qkv_bias, attention.out_bias, spec.kv_heads) == (False, False, 2)
+
+
+def test_unsupported_options_are_listed_together() -> None:
+    config = transformers.StableLmConfig(
+        hidden_size=48, num_attention_heads=6, num_key_value_heads=6, qk_layernorm=True,
+        use_parallel_residual=True, hidden_dropout=0.1, hidden_act="relu2",
+    )  # fmt: skip
+    with pytest.raises(HFConversionError) as info:
+        spec_from_hf(config)
+    found = {p.path: p.message for p in info.value.problems}
+    assert set(found) == {"qk_layernorm", "use_parallel_residual", "hidden_dropout", "hidden_act"}
+    assert "shared by all heads" in found["qk_layernorm"]

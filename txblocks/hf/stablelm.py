@@ -1,0 +1,110 @@
+"""StableLM (``StableLmModel``, ``StableLmForCausalLM``) <-> a pre-norm LayerNorm decoder
+with partial RoPE and SwiGLU.
+
+StableLM (stablelm-3b-4e1t, StableLM 2 1.6B; Bellagente et al. 2024) is Llama's block
+with biased LayerNorms (``layer_norm_eps``) instead of RMSNorms, and RoPE on the first
+``int(head_dim · partial_rotary_factor)`` dims of each head only (``position.fraction``;
+0.25 by default). ``use_qkv_bias`` sets the q, k, v biases; ``o_proj`` has none. q, k, v
+are fused into ``qkv`` (rows q, k, v), ``gate_proj`` and ``up_proj`` into ``gate_up``.
+
+Refused, each with its reason: ``qk_layernorm`` (one LayerNorm *per head*; txblocks'
+``qk_norm`` is one norm shared by the heads), ``use_parallel_residual`` (one norm feeding
+both branches; txblocks' ``parallel`` layout has two), ``hidden_dropout`` (HF drops the
+ffn branch only; txblocks' ``block.dropout`` drops both).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
+from txblocks.hf.llama import _family, _qkv_bias, rope
+from txblocks.hf.phi3 import RopeView, partial_rope_parameters
+from txblocks.hf.rules import Rule
+
+__all__ = ["STABLELM"]
+
+WEIGHTS = (
+    Rule("embed_tokens.weight", "embeddings.tokens.weight"),
+    Rule(
+        (
+            "layers.{i}.self_attn.q_proj.{p}",
+            "layers.{i}.self_attn.k_proj.{p}",
+            "layers.{i}.self_attn.v_proj.{p}",
+        ),
+        "blocks.{i}.attention.qkv.{p}",
+        "concat",
+    ),
+    Rule("layers.{i}.self_attn.o_proj.weight", "blocks.{i}.attention.out.weight"),
+    Rule(
+        ("layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.up_proj.weight"),
+        "blocks.{i}.ffn.gate_up.weight",
+        "concat",
+    ),
+    Rule("layers.{i}.mlp.down_proj.weight", "blocks.{i}.ffn.down.weight"),
+    Rule("layers.{i}.input_layernorm.{p}", "blocks.{i}.norm1.{p}"),
+    Rule("layers.{i}.post_attention_layernorm.{p}", "blocks.{i}.norm2.{p}"),
+    Rule("norm.{p}", "final_norm.{p}"),
+)
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of a StableLmConfig (without head)."""
+    if c.qk_layernorm:
+        c.unsupported("qk_layernorm", "HF normalizes each head with its own LayerNorm; "
+                      "txblocks' attention.qk_norm is one norm shared by all heads")
+    if c.use_parallel_residual:
+        c.unsupported("use_parallel_residual", "HF feeds attention and ffn from one shared "
+                      "LayerNorm; txblocks' parallel layout has a norm for each branch")
+    if c.hidden_dropout:
+        c.unsupported("hidden_dropout", "HF drops the ffn branch only; txblocks' block.dropout "
+                      "drops both branches. It acts in training only: set it to 0 to convert")
+    view = RopeView(c)
+    position = {**rope(view), "fraction": view.fraction}  # type: ignore[arg-type]
+    return {
+        "arch": "decoder",
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.max_position_embeddings,
+        "d_model": c.hidden_size,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": c.num_attention_heads,
+        "n_kv_heads": c.num_key_value_heads,
+        "head_dim": c.hidden_size // c.num_attention_heads,  # StableLM ignores a head_dim
+        "position": position,
+        "block": {
+            "layout": "pre_norm",
+            "norm": {"type": "layernorm", "eps": c.layer_norm_eps, "bias": True, "affine": True},
+            "attention": {
+                "mask": "causal", "bias": False, "qkv_bias": bool(c.use_qkv_bias),
+                "out_bias": False, "fused_qkv": True, "dropout": c.attention_dropout,
+            },
+            "ffn": {"type": "glu", "hidden": c.intermediate_size, "bias": False, "dropout": 0.0,
+                    "activation": activation(c, "hidden_act")},
+            "dropout": 0.0,
+        },
+        "embedding": {"dropout": 0.0},
+        "init_std": c.initializer_range,
+    }  # fmt: skip
+
+
+def config(s: Any) -> dict[str, Any]:
+    """StableLmConfig fields of a spec (checked by converting back)."""
+    block = s.block
+    return {
+        "vocab_size": s.vocab_size,
+        "max_position_embeddings": s.max_seq_len,
+        "hidden_size": s.d_model,
+        "num_hidden_layers": s.n_layers,
+        "num_attention_heads": s.n_heads,
+        "num_key_value_heads": s.kv_heads,
+        "rope_parameters": partial_rope_parameters(s.position),
+        "layer_norm_eps": getattr(block.norm, "eps", 1e-5),
+        "use_qkv_bias": _qkv_bias(s),
+        "attention_dropout": block.attention.dropout,
+        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
+        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
+        "initializer_range": s.init_std,
+    }
+
+
+STABLELM = _family("stablelm", "StableLm", spec, config, weights=WEIGHTS, ignored={})
