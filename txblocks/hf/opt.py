@@ -1,0 +1,123 @@
+"""OPT (``OPTModel``, ``OPTForCausalLM``) <-> a pre-norm decoder with learned positions (offset 2).
+
+OPT's block is BART's attention and ffn in GPT-2's pre-norm order: separate ``q_proj``,
+``k_proj``, ``v_proj`` (fused into ``qkv``), ``out_proj``, ``fc1`` / ``fc2``, biases
+(``enable_bias``), LayerNorms with or without parameters
+(``layer_norm_elementwise_affine``), a final norm unless ``_remove_final_layer_norm``.
+Positions read row ``p + 2`` of ``embed_positions``, ``p`` counted from the attention mask
+(left-padded rows start at 0: pass such ``position_ids`` to the txblocks model, whose
+default is ``0..T-1``; its ``generate`` counts them from the mask too).
+
+Refused: ``word_embed_proj_dim`` ≠ ``hidden_size`` (OPT-350m's ``project_in`` /
+``project_out``: txblocks has no projection between embeddings and blocks) and
+``do_layer_norm_before: false`` (OPT-350m's post-norm blocks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.rules import Rule
+
+__all__ = ["OPT"]
+
+WEIGHTS = (
+    Rule("decoder.embed_tokens.weight", "embeddings.tokens.weight"),
+    Rule("decoder.embed_positions.weight", "position.embedding.weight"),
+    Rule("decoder.layers.{i}.self_attn_layer_norm.{p}", "blocks.{i}.norm1.{p}"),
+    Rule(("decoder.layers.{i}.self_attn.q_proj.{p}", "decoder.layers.{i}.self_attn.k_proj.{p}",
+          "decoder.layers.{i}.self_attn.v_proj.{p}"), "blocks.{i}.attention.qkv.{p}", "concat"),
+    Rule("decoder.layers.{i}.self_attn.out_proj.{p}", "blocks.{i}.attention.out.{p}"),
+    Rule("decoder.layers.{i}.final_layer_norm.{p}", "blocks.{i}.norm2.{p}"),
+    Rule("decoder.layers.{i}.fc1.{p}", "blocks.{i}.ffn.up.{p}"),
+    Rule("decoder.layers.{i}.fc2.{p}", "blocks.{i}.ffn.down.{p}"),
+    Rule("decoder.final_layer_norm.{p}", "final_norm.{p}"),
+)  # fmt: skip
+
+#: OPT's learned positions start at row 2 (fairseq's padding offset).
+OFFSET = 2
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of an OPTConfig (without head)."""
+    d_model = c.hidden_size
+    if c.word_embed_proj_dim != d_model:
+        c.unsupported("word_embed_proj_dim", (
+            f"≠ hidden_size {d_model}: OPT-350m's project_in / project_out between the "
+            "embeddings and the blocks; txblocks has no such projection"
+        ))  # fmt: skip
+    if not c.do_layer_norm_before:
+        c.unsupported("do_layer_norm_before", (
+            "OPT-350m's post-norm blocks (and no final norm) are not mapped; only the pre-norm "
+            "OPT sizes are"
+        ))  # fmt: skip
+    if c.layerdrop:
+        c.unsupported("layerdrop", "txblocks does not skip layers in training; set it to 0")
+    affine = bool(c.layer_norm_elementwise_affine)
+    norm = {"type": "layernorm", "eps": 1e-5, "affine": affine, "bias": affine}
+    bias = bool(c.enable_bias)
+    return {
+        "arch": "decoder",
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.max_position_embeddings,
+        "d_model": d_model,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": c.num_attention_heads,
+        "position": {"type": "learned", "offset": OFFSET},
+        "embedding": {"dropout": 0.0},
+        "block": {
+            "layout": "pre_norm",
+            "norm": norm,
+            "attention": {"mask": "causal", "bias": bias, "fused_qkv": True,
+                          "dropout": c.attention_dropout},
+            "ffn": {"type": "mlp", "hidden": c.ffn_dim, "bias": bias,
+                    "activation": activation(c, "activation_function"), "dropout": 0.0},
+            "dropout": c.dropout,
+        },
+        "final_norm": not c.get("_remove_final_layer_norm", False),
+        "init_std": c.init_std,
+    }  # fmt: skip
+
+
+def config(s: Any) -> dict[str, Any]:
+    """OPTConfig fields of a spec (checked by converting back)."""
+    block = s.block
+    attention = block.attention
+    return {
+        "vocab_size": s.vocab_size,
+        "max_position_embeddings": s.max_seq_len,
+        "hidden_size": s.d_model,
+        "word_embed_proj_dim": s.d_model,
+        "num_hidden_layers": s.n_layers,
+        "num_attention_heads": s.n_heads,
+        "ffn_dim": ffn_hidden(block.ffn, s.d_model),
+        "activation_function": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
+        "enable_bias": bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias),
+        "layer_norm_elementwise_affine": bool(getattr(block.norm, "affine", True)),
+        "_remove_final_layer_norm": not s.use_final_norm,
+        "dropout": block.dropout,
+        "attention_dropout": attention.dropout,
+        "init_std": s.init_std,
+    }
+
+
+OPT = HFFamily(
+    name="opt",
+    arch="decoder",
+    model_type="opt",
+    config_class="OPTConfig",
+    spec=spec,
+    config=config,
+    weights=WEIGHTS,
+    heads=(
+        HFHead("OPTModel", None),
+        HFHead(
+            "OPTForCausalLM",
+            "lm",
+            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": False},
+            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
+            weights=(Rule("lm_head.weight", "head.proj.weight"),),
+        ),
+    ),
+)
