@@ -7,8 +7,9 @@ from txblocks.hf.gemma import GEMMA
 from txblocks.hf.phi3 import PHI3
 from txblocks.hf.qwen3 import QWEN3
 from txblocks.hf.stablelm import STABLELM
+from txblocks.hf.starcoder2 import STARCODER2
 
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3, STABLELM)
+FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3, STABLELM, STARCODER2)
