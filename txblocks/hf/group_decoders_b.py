@@ -1,9 +1,10 @@
-"""Hugging Face families added for issue 15 (group decoders_b); see docs/hf.md."""
+"""Hugging Face families added for issue 15 (group decoders_b); see docs/hf-decoders-b.md."""
 
 from __future__ import annotations
 
 from txblocks.hf.family import HFFamily
 from txblocks.hf.gemma import GEMMA
+from txblocks.hf.olmo import OLMO
 from txblocks.hf.phi3 import PHI3
 from txblocks.hf.qwen3 import QWEN3
 from txblocks.hf.stablelm import STABLELM
@@ -12,4 +13,4 @@ from txblocks.hf.starcoder2 import STARCODER2
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3, STABLELM, STARCODER2)
+FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3, STABLELM, STARCODER2, OLMO)
