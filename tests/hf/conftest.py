@@ -247,11 +247,16 @@ def seq2seq_parity(hf: Any, *, pad: int = 1) -> float:
     x = seq2seq_batch(hf.config.vocab_size, pad)
     with torch.no_grad():
         out = hf(**x)
-        decoder = out.last_hidden_state if hf.base_model is hf else hf.base_model(**x).last_hidden_state
+        encoder = hf.get_encoder()(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+        decoder = hf.get_decoder()(
+            input_ids=x["decoder_input_ids"], attention_mask=x["decoder_attention_mask"],
+            encoder_hidden_states=encoder.last_hidden_state,
+            encoder_attention_mask=x["attention_mask"],
+        ).last_hidden_state  # fmt: skip
         got = tx(x["input_ids"], x["attention_mask"], decoder_input_ids=x["decoder_input_ids"],
                  decoder_attention_mask=x["decoder_attention_mask"])  # fmt: skip
-    assert out.encoder_last_hidden_state.abs().max() > 0.1
-    diffs = [masked_diff(out.encoder_last_hidden_state, got.encoder_last_hidden_state,
+    assert encoder.last_hidden_state.abs().max() > 0.1
+    diffs = [masked_diff(encoder.last_hidden_state, got.encoder_last_hidden_state,
                          x["attention_mask"]),
              masked_diff(decoder, got.last_hidden_state, x["decoder_attention_mask"])]  # fmt: skip
     logits = getattr(out, "logits", None)

@@ -9,7 +9,9 @@ encoder, causal in the decoder, no bias in cross-attention). ``feed_forward_proj
 ``glu`` with ``gelu_tanh``; every dropout is ``dropout_rate``.
 
 The LM head: ``scale_decoder_outputs`` (transformers 5; ``tie_word_embeddings`` in 4.x)
-multiplies the decoder output by ``d_model ** -0.5`` (``head.scale: rsqrt_d_model``).
+multiplies the decoder output by ``d_model ** -0.5`` (``head.scale: rsqrt_d_model``). That
+is ``T5ForConditionalGeneration``'s behaviour, not every T5-style class's: :func:`lm_head`
+declares it per class and refuses the others (mT5 never scales).
 transformers 5 always ties ``lm_head`` to ``shared`` when it builds a model, and unties it
 when ``from_pretrained`` finds other weights (T5 v1.1, Flan-T5): whether the head is tied
 is read from the model where there is one (from a config alone: tied iff scaled, as in the
@@ -18,6 +20,7 @@ checkpoints), and ``to_hf`` unties it when the spec's is not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -25,7 +28,7 @@ from torch import nn
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
-__all__ = ["T5", "T5_ENCODER"]
+__all__ = ["T5", "T5_ENCODER", "lm_head", "t5_scaled"]
 
 
 def _attention(hf: str, tx: str) -> tuple[Rule, ...]:
@@ -149,21 +152,68 @@ def config(s: Any) -> dict[str, Any]:
     return {**_config(s), "num_decoder_layers": s.stacks["decoder"]}
 
 
-def _lm_head(c: ConfigView) -> dict[str, Any]:
-    # transformers 4.x: scaled iff tied; 5.x keeps the flag as scale_decoder_outputs
-    scaled = bool(c.get("scale_decoder_outputs", c.tie_word_embeddings))
-    model = c.model
-    if model is not None:  # transformers 5 builds it tied and unties on load, not in the config
-        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    else:  # the checkpoints' convention: T5 tied and scaled, T5 v1.1 / Flan-T5 neither
-        tied = scaled
-    return {"type": "lm", "tie_embeddings": bool(tied), "bias": False,
-            "scale": "rsqrt_d_model" if scaled else None}  # fmt: skip
+def t5_scaled(c: ConfigView) -> bool:
+    """Whether ``T5ForConditionalGeneration`` scales the decoder output by ``d_model ** -0.5``:
+    ``scale_decoder_outputs`` (transformers 5), else ``tie_word_embeddings`` (4.x)."""
+    return bool(c.get("scale_decoder_outputs", c.tie_word_embeddings))
 
 
-def _lm_config(head: dict[str, Any]) -> dict[str, Any]:
-    # T5Config turns tie_word_embeddings=False into scale_decoder_outputs=False (and ties)
-    return {"tie_word_embeddings": head["scale"] == "rsqrt_d_model"}
+def lm_head(
+    hf_class: str,
+    *,
+    model_type: str,
+    scaled: Callable[[ConfigView], bool],
+    scaled_config: Callable[[bool], dict[str, Any]],
+    tied_without_model: Callable[[bool], bool] = bool,
+) -> HFHead:
+    """The LM head entry of a T5-style ``...ForConditionalGeneration`` class.
+
+    Each class decides for itself whether it scales the decoder output, and a config flag
+    that one class reads may mean nothing to another (``MT5Config`` forces
+    ``tie_word_embeddings: true``, and ``MT5ForConditionalGeneration`` never scales). So
+    the scale is declared per class, and the spec function refuses any other class or
+    ``model_type``: a family that reuses this head for another class gets an
+    :class:`~txblocks.hf.family.HFConversionError` naming it, not logits off by
+    ``sqrt(d_model)``.
+
+    Args:
+        hf_class: the class this entry maps (``T5ForConditionalGeneration``).
+        model_type: the ``config.model_type`` of that class (``t5``).
+        scaled: config view -> whether ``hf_class`` multiplies the decoder output by
+            ``d_model ** -0.5`` (``head.scale: rsqrt_d_model``).
+        scaled_config: whether the spec's head is scaled -> the config fields that say so
+            (checked by converting back; ``{}`` for a class that never scales).
+        tied_without_model: whether the head is scaled -> whether it is tied, for a config
+            without a model (default: tied iff scaled, the T5 checkpoints' convention).
+
+    Whether the head is tied is read from the model where there is one (transformers 5
+    builds these heads tied and ``from_pretrained`` unties them for T5 v1.1 / Flan-T5).
+    """
+
+    def spec(c: ConfigView) -> dict[str, Any]:
+        if c.model_type != model_type:
+            c.unsupported("model_type", (
+                f"the {hf_class} head mapping reads how {hf_class} scales its decoder output "
+                f"(a {model_type!r} config); a family for this model type must declare its "
+                "own class and scale with txblocks.hf.t5.lm_head"))  # fmt: skip
+        model = c.model
+        if model is not None and type(model).__name__ != hf_class:
+            c.unsupported("model_type", (
+                f"the model is a {type(model).__name__}, and the head mapping describes "
+                f"{hf_class}; declare its own entry with txblocks.hf.t5.lm_head"))  # fmt: skip
+        scale = scaled(c)
+        if model is not None:  # built tied by transformers 5, untied on load, not in the config
+            tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        else:
+            tied = tied_without_model(scale)
+        return {"type": "lm", "tie_embeddings": bool(tied), "bias": False,
+                "scale": "rsqrt_d_model" if scale else None}  # fmt: skip
+
+    return HFHead(
+        hf_class, "lm", spec=spec,
+        config=lambda head: scaled_config(head["scale"] == "rsqrt_d_model"), prepare=_untie,
+        weights=(Rule("lm_head.weight", "head.proj.weight"),),
+    )  # fmt: skip
 
 
 def _untie(model: Any, head: dict[str, Any] | None) -> None:
@@ -191,10 +241,9 @@ T5 = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("T5Model", None),
-        HFHead(
-            "T5ForConditionalGeneration", "lm", spec=_lm_head, config=_lm_config, prepare=_untie,
-            weights=(Rule("lm_head.weight", "head.proj.weight"),),
-        ),
+        # T5Config turns tie_word_embeddings=False into scale_decoder_outputs=False (and ties)
+        lm_head("T5ForConditionalGeneration", model_type="t5", scaled=t5_scaled,
+                scaled_config=lambda scaled: {"tie_word_embeddings": scaled}),
     ),
     ignored=_IGNORED,
 )
