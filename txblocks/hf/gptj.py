@@ -39,7 +39,8 @@ class SharedNorm:
     ``norm1`` takes the HF norm with a plain ``copy`` rule; this rule gives ``norm2`` the
     same tensor. Back to HF, ``norm2`` must equal what ``norm1`` wrote (the block's
     parameters are copied in order: attention, ffn, norm1, norm2): a model whose two norms
-    differ has no HF counterpart, and is refused rather than losing one of them.
+    differ has no HF counterpart, and is refused rather than losing one of them. (An HF
+    side that holds no values yet, on the ``meta`` device, cannot be checked.)
 
     Args:
         family: the HF family, for the message.
@@ -52,7 +53,8 @@ class SharedNorm:
         return tensors[0]
 
     def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-        if not torch.equal(tensor, like[0].detach().to(tensor.dtype)):
+        written = like[0].detach()
+        if written.device.type != "meta" and not torch.equal(tensor, written.to(tensor)):
             raise HFConversionError(
                 f"the txblocks model cannot become a {self.family} model",
                 [Problem("norm2", (
