@@ -86,6 +86,9 @@ def stream(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
     config = GenerationConfig(**settings)
     if config.num_beams > 1:
         raise ValueError("stream does not do beam search; use generate(num_beams=...)")
+    if config.compile:
+        raise ValueError("stream does not take compile=True (it reads each token back); "
+                         "use generate(compile=True)")
     was_training = model.training
     model.eval()
     try:
@@ -122,13 +125,18 @@ def generate(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None
         **settings: fields of :class:`GenerationConfig` (``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``,
             ``min_new_tokens``, ``eos_token_id``, ``pad_token_id``, ``num_beams``,
-            ``length_penalty``, ``seed`` / ``generator``, ``decoder_start_token_id``).
+            ``length_penalty``, ``seed`` / ``generator``, ``decoder_start_token_id``,
+            ``compile`` / ``compile_backend``: a compiled static-shape decoding step).
 
     Returns:
         Decoders: (B, T + new) prompt and continuation. Seq2seq: (B, 1 + new) decoder
         tokens starting with the start token. Finished rows are padded with ``pad_token_id``.
     """
     config = GenerationConfig(**settings)
+    if config.compile:
+        from txblocks.generation.compiled import generate_compiled
+
+        return generate_compiled(model, input_ids, attention_mask, config)
     if config.num_beams > 1:
         from txblocks.generation.beam import beam_search
 

@@ -117,3 +117,87 @@ class KVCache:
             cross.reorder(index)
         if self.padding is not None:
             self.padding = self.padding.index_select(0, index)
+
+
+class StaticLayerCache(LayerCache):
+    """Keys and values of one layer at a fixed length L, written at a position tensor.
+
+    For a compiled decoding step: the buffers never change shape, the slot written is the
+    tensor ``index`` (1,) shared by every layer (and advanced in place by the step), and
+    :meth:`append` returns the whole buffers, so a step attends over all L slots and masks
+    the ones not written yet (see ``txblocks.generation.static_mask``). Sliding-window
+    layers keep all L slots too (the mask applies the window); no rolling buffer.
+
+    Not for :meth:`~txblocks.nn.model.TransformerStack.run`, which slices keys by
+    ``length``: the compiled step drives the blocks itself.
+
+    Args:
+        batch, capacity, n_kv_heads, head_dim: B, L, Hkv, D.
+        index: (1,) long, the slot of the next key.
+    """
+
+    def __init__(self, batch: int, capacity: int, n_kv_heads: int, head_dim: int, *,
+                 dtype: torch.dtype, device: torch.device, index: Tensor) -> None:
+        super().__init__(batch, capacity, n_kv_heads, head_dim, dtype=dtype, device=device)
+        self.index = index
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write (B, 1, Hkv, D) keys and values at slot ``index``; return the (B, L, Hkv, D)
+        buffers. No host sync, no shape that depends on the slot."""
+        self.k.index_copy_(1, self.index, k)
+        self.v.index_copy_(1, self.index, v)
+        return self.k, self.v
+
+    def fill(self, layer: LayerCache, end: int) -> None:
+        """Copy the keys and values of a prefill (``layer`` holds the positions up to
+        ``end``; a rolling window buffer its last ``layer.length``) into slots ``..end``."""
+        held = layer.length
+        self.k[:, end - held:end] = layer.k[:, :held]
+        self.v[:, end - held:end] = layer.v[:, :held]
+        self.length = end
+
+
+@dataclass
+class StaticKVCache:
+    """The preallocated cache of a compiled decoding step (B rows, L slots per layer).
+
+    Attributes:
+        layers: one :class:`StaticLayerCache` per block, sharing ``index``.
+        index: (1,) long, the slot of the next token (the prompt fills ``0 .. T-1``).
+        key_valid: (B, L) bool, False on the prompt's left padding; slots after the prompt
+            are True (the causal part of the mask hides those not written yet).
+    """
+
+    layers: list[StaticLayerCache]
+    index: Tensor
+    key_valid: Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.key_valid.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        """L, the slots of every layer."""
+        return self.key_valid.shape[1]
+
+    @classmethod
+    def empty(cls, shapes: list[tuple[int, int]], batch: int, capacity: int, *,
+              dtype: torch.dtype, device: torch.device) -> StaticKVCache:
+        """Zeroed buffers for layers of ``(n_kv_heads, head_dim)`` each; index 0, no padding."""
+        index = torch.zeros(1, dtype=torch.long, device=device)
+        layers = [StaticLayerCache(batch, capacity, heads, dim, dtype=dtype, device=device, index=index)
+                  for heads, dim in shapes]
+        key_valid = torch.ones(batch, capacity, dtype=torch.bool, device=device)
+        return cls(layers, index, key_valid)
+
+    def fill(self, prefill: KVCache, attention_mask: Tensor | None) -> None:
+        """Take over a prefill's keys and values and padding: (B, T) ``attention_mask``, 0
+        on padding (None: none); the next slot is T."""
+        end = prefill.position
+        for static, layer in zip(self.layers, prefill.layers, strict=True):
+            static.fill(layer, end)
+        self.key_valid.fill_(True)
+        if attention_mask is not None:
+            self.key_valid[:, :end] = attention_mask.bool()
+        self.index.fill_(end)

@@ -1,0 +1,156 @@
+"""``generate(..., compile=True)``: an eager prefill, then a compiled static-shape step.
+
+The prefill runs the prompt eagerly (logits of the last position only) into an ordinary
+cache, which is copied into a :class:`~txblocks.nn.cache.StaticKVCache` of L slots; each
+later token runs :func:`~txblocks.generation.static_step.decode_step` compiled with
+``torch.compile(fullgraph=True, dynamic=False)``: one compilation per (batch, cache length,
+dtype, device, sampling settings), reused by later calls of the same shapes. L is the
+prompt plus ``max_new_tokens`` rounded up to a multiple of :data:`CACHE_BUCKET` (at most
+the model's ``max_seq_len``), so prompts of nearby lengths share a compilation.
+
+The host reads the device ``done`` flags once every :data:`CHECK_EVERY` steps, so a batch
+whose rows all ended may run up to that many steps more; the output is cut where eager
+decoding stops, so the two return the same tensor.
+
+Shapes: B batch, T prompt, L cache slots, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from txblocks.generation.config import GenerationConfig
+from txblocks.generation.static_sampling import DecodeState, Sampling, pick
+from txblocks.generation.static_step import decode_step, static_step_problems
+from txblocks.nn.cache import StaticKVCache
+from txblocks.nn.model import TransformerModel
+
+__all__ = ["CACHE_BUCKET", "CHECK_EVERY", "cache_length", "compiled_step", "generate_compiled"]
+
+#: Cache lengths are rounded up to a multiple of this.
+CACHE_BUCKET = 64
+#: Steps between two reads of the device ``done`` flags.
+CHECK_EVERY = 8
+#: Compilations one model may keep (``torch.compile``'s ``recompile_limit``, per model).
+RECOMPILE_LIMIT = 64
+
+_compiled: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., None]]] = weakref.WeakKeyDictionary()
+
+
+def cache_length(needed: int, limit: int | None) -> int:
+    """``needed`` slots rounded up to a multiple of :data:`CACHE_BUCKET`, at most ``limit``."""
+    rounded = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
+    return rounded if limit is None else max(needed, min(rounded, limit))
+
+
+def compiled_step(model: TransformerModel, backend: str = "inductor") -> Callable[..., None]:
+    """``decode_step`` compiled for ``model`` with ``backend``, its compilations kept apart
+    from other models' (so each has its own :data:`RECOMPILE_LIMIT`)."""
+    per_model = _compiled.setdefault(model, {})
+    if backend not in per_model:
+        per_model[backend] = torch.compile(decode_step, fullgraph=True, dynamic=False, backend=backend,
+                                           recompile_limit=RECOMPILE_LIMIT, isolate_recompiles=True)
+    return per_model[backend]
+
+
+def _check(model: Any, config: GenerationConfig) -> None:
+    if not isinstance(model, TransformerModel) or (
+            model.spec is not None and getattr(model.spec, "arch", "decoder") != "decoder"):
+        kind = getattr(getattr(model, "spec", None), "arch", None) or type(model).__name__
+        raise ValueError(f"compile=True decodes decoder models only, not {kind}; "
+                         "use compile=False (the default)")
+    if config.num_beams > 1:
+        raise ValueError("compile=True does not do beam search (num_beams > 1)")
+    if model.head is None:
+        raise ValueError("generation needs a model with an lm head")
+    problems = static_step_problems(model)
+    if problems:
+        raise ValueError("compile=True cannot decode this model: " + "; ".join(problems))
+
+
+def _state(input_ids: Tensor, positions: Tensor, cache: StaticKVCache, vocab: int,
+           config: GenerationConfig, dtype: torch.dtype) -> DecodeState:
+    batch, prompt = input_ids.shape
+    device = input_ids.device
+    tokens = torch.full((batch, cache.capacity), config.pad_token_id, dtype=torch.long, device=device)
+    tokens[:, :prompt] = input_ids
+    state = DecodeState(
+        tokens=tokens, index=cache.index, position=positions[:, -1:] + 1,
+        step=torch.zeros(1, dtype=torch.long, device=device),
+        done=torch.zeros(batch, dtype=torch.bool, device=device),
+        end=torch.full((batch,), config.max_new_tokens, dtype=torch.long, device=device))
+    if config.eos_token_id:
+        state.eos_ids = torch.tensor(config.eos_token_id, dtype=torch.long, device=device)
+        state.eos_vocab = torch.zeros(vocab, dtype=torch.bool, device=device)
+        state.eos_vocab[state.eos_ids] = True
+    if config.repetition_penalty != 1.0:
+        state.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
+        state.seen.scatter_(1, input_ids, True)
+    if config.do_sample:
+        state.noise = torch.empty(batch, vocab, dtype=torch.float32, device=device)
+    return state
+
+
+@torch.no_grad()
+def generate_compiled(model: TransformerModel, input_ids: Tensor, attention_mask: Tensor | None,
+                      config: GenerationConfig) -> Tensor:
+    """What :func:`~txblocks.generation.generate` returns, decoded by a compiled step.
+
+    Args:
+        model: a decoder with an lm head (see :func:`static_step_problems` for what the
+            step supports).
+        input_ids: (B, T) prompts, left-padded in a batch.
+        attention_mask: (B, T), 0 on padding.
+        config: with ``compile=True``; ``compile_backend`` picks the ``torch.compile``
+            backend.
+
+    Returns:
+        (B, T + new): the prompt and the continuation, finished rows padded.
+
+    Raises:
+        ValueError: a model or setting the compiled step does not support, naming it.
+    """
+    from txblocks.generation.decode import _check_request
+    from txblocks.generation.sessions import _left_padded
+
+    _check(model, config)
+    _check_request(model, input_ids, config)
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    _left_padded(mask)
+    was_training = model.training
+    model.eval()
+    try:
+        batch, prompt = input_ids.shape
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        padding = mask if not bool(mask.all()) else None  # one host check, as DecoderSession
+        prefill = model.new_cache(batch, prompt)
+        logits = model(input_ids, padding, position_ids=positions, cache=prefill, logits_to_keep=1).logits
+        param = next(model.parameters())
+        length = cache_length(prompt + config.max_new_tokens, model.max_seq_len)
+        shapes = [(b.attention.n_kv_heads, b.attention.head_dim) for b in model.blocks]
+        cache = StaticKVCache.empty(shapes, batch, length, dtype=param.dtype, device=param.device)
+        cache.fill(prefill, padding)
+        del prefill
+        vocab = logits.shape[-1]
+        state = _state(input_ids, positions, cache, vocab, config, param.dtype)
+        sampling = Sampling.of(config)
+        generator = config.make_generator(input_ids.device)
+        if state.noise is not None:
+            state.noise.exponential_(generator=generator)
+        pick(logits[:, -1], state, sampling)  # the first new token, eagerly
+        step = compiled_step(model, config.compile_backend)
+        for done in range(1, config.max_new_tokens):
+            if state.eos_ids is not None and done % CHECK_EVERY == 0 and bool(state.done.all()):
+                break
+            if state.noise is not None:
+                state.noise.exponential_(generator=generator)
+            step(model, cache, state, sampling)
+        new = int(state.end.max()) if state.eos_ids is not None else config.max_new_tokens
+        return state.tokens[:, :prompt + new].clone()
+    finally:
+        model.train(was_training)
