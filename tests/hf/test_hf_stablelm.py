@@ -81,3 +81,11 @@ def test_unsupported_options_are_listed_together() -> None:
     found = {p.path: p.message for p in info.value.problems}
     assert set(found) == {"qk_layernorm", "use_parallel_residual", "hidden_dropout", "hidden_act"}
     assert "shared by all heads" in found["qk_layernorm"]
+
+
+def test_an_odd_rotary_width_is_refused() -> None:
+    """head_dim 8 · 0.125 = 1 dim: HF would rotate it alone; txblocks rotates pairs."""
+    config = transformers.StableLmConfig(hidden_size=48, num_attention_heads=6,
+                                         partial_rotary_factor=0.125)  # fmt: skip
+    with pytest.raises(HFConversionError, match=r"rope_parameters: .*int\(8 · 0.125\) = 1"):
+        spec_from_hf(config)

@@ -35,13 +35,24 @@ WEIGHTS = (
 class RopeView:
     """A config view whose ``rope_parameters`` lack ``partial_rotary_factor``, kept apart
     as :attr:`fraction`, so that Llama's mappings (which refuse the factor) serve the
-    families whose attention rotates part of each head (Phi-3, StableLM)."""
+    families whose attention rotates part of each head (Phi-3, StableLM).
 
-    def __init__(self, view: ConfigView) -> None:
+    HF rotates ``int(head_dim · factor)`` dims, as txblocks' ``fraction``; a factor that
+    gives an odd or zero number of dims is reported (and :attr:`fraction` is then 1).
+    """
+
+    def __init__(self, view: ConfigView, head_dim: int) -> None:
         params = _rope_parameters(view)
         fraction = params.pop("partial_rotary_factor", None)
         if fraction is None:  # transformers 4.x kept it beside rope_theta
             fraction = view.get("partial_rotary_factor", 1.0)
+        rotary_dim = int(head_dim * fraction)
+        if not 0 < fraction <= 1 or rotary_dim <= 0 or rotary_dim % 2:
+            view.unsupported("rope_parameters", (
+                f"partial_rotary_factor {fraction!r} rotates int({head_dim} · {fraction!r}) = "
+                f"{rotary_dim} dims of each head; txblocks rotates an even, positive number"
+            ))  # fmt: skip
+            fraction = 1.0
         self._view, self._params, self.fraction = view, params, fraction
 
     def __getattr__(self, key: str) -> Any:
@@ -56,10 +67,10 @@ class RopeView:
         self._view.unsupported(key, why)
 
 
-def partial_rope(c: ConfigView) -> dict[str, Any]:
+def partial_rope(c: ConfigView, head_dim: int) -> dict[str, Any]:
     """The ``position`` of a family whose attention rotates ``partial_rotary_factor`` of each
     head: Llama's rope mapping, with that factor as ``fraction``."""
-    view = RopeView(c)
+    view = RopeView(c, head_dim)
     return {**rope(view), "fraction": view.fraction}  # type: ignore[arg-type]
 
 
@@ -71,7 +82,7 @@ def partial_rope_parameters(position: Any) -> dict[str, Any]:
 
 def spec(c: ConfigView) -> dict[str, Any]:
     """The spec of a Phi3Config (without head)."""
-    view = RopeView(c)
+    view = RopeView(c, c.get("head_dim") or c.hidden_size // c.num_attention_heads)
     data = _spec(view, qkv_bias=False, out_bias=False, mlp_bias=False,  # type: ignore[arg-type]
                  mask=_window(c.sliding_window), layers=[])  # fmt: skip
     data["position"]["fraction"] = view.fraction

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
-from txblocks.hf.llama import _family, _qkv_bias, rope
-from txblocks.hf.phi3 import RopeView, partial_rope_parameters
+from txblocks.hf.llama import _family, _qkv_bias
+from txblocks.hf.phi3 import partial_rope, partial_rope_parameters
 from txblocks.hf.rules import Rule
 
 __all__ = ["STABLELM"]
@@ -59,8 +59,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
     if c.hidden_dropout:
         c.unsupported("hidden_dropout", "HF drops the ffn branch only; txblocks' block.dropout "
                       "drops both branches. It acts in training only: set it to 0 to convert")
-    view = RopeView(c)
-    position = {**rope(view), "fraction": view.fraction}  # type: ignore[arg-type]
+    position = partial_rope(c, c.hidden_size // c.num_attention_heads)
     return {
         "arch": "decoder",
         "vocab_size": c.vocab_size,
