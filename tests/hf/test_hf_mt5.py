@@ -21,7 +21,9 @@ from txblocks.hf import HFConversionError, from_hf, spec_from_hf
 from txblocks.hf.family import ConfigView
 from txblocks.hf.t5 import T5
 
-from .conftest import both_ways, perturbed_all, scaled, seq2seq_batch, seq2seq_greedy, seq2seq_parity
+from .conftest import (
+    both_ways, perturbed_all, scaled, seq2seq_batch, seq2seq_greedy, seq2seq_parity,
+)  # fmt: skip
 
 QK = (".q.", ".k.", "relative_attention_bias")
 

@@ -63,4 +63,5 @@ def test_refused_options_and_classes() -> None:
         spec_from_hf(config)
     assert {p.path for p in info.value.problems} == {"is_decoder", "position_embedding_type"}
     with pytest.raises(HFConversionError, match="XLMRobertaForMaskedLM"):
-        spec_from_hf(transformers.XLMRobertaConfig(), hf_class="XLMRobertaForSequenceClassification")
+        spec_from_hf(transformers.XLMRobertaConfig(),
+                     hf_class="XLMRobertaForSequenceClassification")

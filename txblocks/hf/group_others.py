@@ -5,10 +5,15 @@ from __future__ import annotations
 from txblocks.hf.distilbert import DISTILBERT
 from txblocks.hf.electra import ELECTRA
 from txblocks.hf.family import HFFamily
+from txblocks.hf.marian import MARIAN
+from txblocks.hf.mbart import MBART
 from txblocks.hf.mt5 import MT5, MT5_ENCODER
+from txblocks.hf.pegasus import PEGASUS
 from txblocks.hf.xlm_roberta import XLM_ROBERTA
 
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = (XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER)
+FAMILIES: tuple[HFFamily, ...] = (
+    XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER, MBART, MARIAN, PEGASUS,
+)  # fmt: skip

@@ -14,7 +14,9 @@ T5's head entry refuses an mT5 config rather than reading T5's flag for it
 from __future__ import annotations
 
 from txblocks.hf.family import HFFamily, HFHead
-from txblocks.hf.t5 import _IGNORED, ENCODER_WEIGHTS, WEIGHTS, _config, config, encoder_spec, lm_head, spec
+from txblocks.hf.t5 import (
+    _IGNORED, ENCODER_WEIGHTS, WEIGHTS, _config, config, encoder_spec, lm_head, spec,
+)  # fmt: skip
 
 __all__ = ["MT5", "MT5_ENCODER"]
 

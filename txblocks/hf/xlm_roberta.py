@@ -9,7 +9,9 @@ activation is always the exact GELU (:mod:`txblocks.hf.bert`).
 
 from __future__ import annotations
 
-from txblocks.hf.bert import _IGNORED, WEIGHTS, _classifier_dropout, _config, _mlm, _mlm_config, _spec
+from txblocks.hf.bert import (
+    _IGNORED, WEIGHTS, _classifier_dropout, _config, _mlm, _mlm_config, _spec,
+)  # fmt: skip
 from txblocks.hf.family import HFFamily, HFHead
 from txblocks.hf.rules import Rule
 
