@@ -61,7 +61,7 @@ def test_two_different_norms_are_refused() -> None:
     model = from_hf(perturbed(CASES["lm-rotary6"]))
     with torch.no_grad():
         model.blocks[1].norm2.weight[0] += 0.5
-    with pytest.raises(HFConversionError, match="norm2: differs from norm1"):
+    with pytest.raises(HFConversionError, match="norm2 differs from norm1: a GPT-J block"):
         to_hf(model, family="gptj")
 
 

@@ -55,13 +55,10 @@ class SharedNorm:
     def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
         written = like[0].detach()
         if written.device.type != "meta" and not torch.equal(tensor, written.to(tensor)):
-            raise HFConversionError(
-                f"the txblocks model cannot become a {self.family} model",
-                [Problem("norm2", (
-                    f"differs from norm1 in a layer; a {self.family} block has one norm for "
-                    "attention and ffn"
-                ))],
-            )  # fmt: skip
+            why = f"a {self.family} block has one norm for attention and ffn"
+            raise HFConversionError(  # its first line says it all (engines may keep only that)
+                f"norm2 differs from norm1: {why}", [Problem("norm2", "differs from norm1")]
+            )
         return [tensor]
 
 
