@@ -7,6 +7,8 @@ Spec example (Mixtral-style)::
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
@@ -34,6 +36,18 @@ class MoEConfig(ComponentConfig):
         description="Switch capacity: each expert processes at most ceil(factor · tokens · top_k "
         "/ experts) assignments per forward, first choices first, then in token order; the "
         "rest are dropped (0 from that expert). null: no limit.",
+    )
+    capacity: int | None = Field(
+        None,
+        ge=1,
+        description="A fixed capacity instead of capacity_factor: each expert processes at most "
+        "this many assignments (Hugging Face's Switch expert_capacity). null: none.",
+    )
+    capacity_per: Literal["batch", "sequence"] = Field(
+        "batch",
+        description="What a capacity counts over: batch (all tokens of a forward) or sequence "
+        "(each batch row on its own, as Hugging Face's Switch Transformers; rows then do not "
+        "compete, and tokens = the sequence length in capacity_factor's formula).",
     )
     shared_experts: int = Field(
         0,
@@ -87,6 +101,9 @@ class MoEConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _shared_consistent(self) -> MoEConfig:
+        if self.capacity is not None and self.capacity_factor is not None:
+            raise ValueError("capacity and capacity_factor are two ways to set one limit; give "
+                             "one of them")
         if self.shared_experts == 0 and (self.shared_gate or self.shared_hidden is not None):
             raise ValueError("shared_gate and shared_hidden need shared_experts >= 1")
         if self.shared_experts:
@@ -133,6 +150,8 @@ def moe(dim: int, config: MoEConfig) -> MoE:
         top_k=config.top_k,
         normalize_top_k=config.normalize_top_k,
         capacity_factor=config.capacity_factor,
+        capacity=config.capacity,
+        capacity_per=config.capacity_per,
         shared=shared,
         shared_gate=gate,
         aux_loss_coef=config.aux_loss_coef,

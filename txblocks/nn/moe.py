@@ -57,7 +57,8 @@ class RoutingStats:
         routed: (E,) assignments each expert received from the router (before capacity).
         kept: (E,) assignments each expert processed (after capacity; equal to ``routed``
             without one).
-        capacity: the per-expert capacity, or None.
+        capacity: the per-expert capacity (per sequence with ``capacity_per="sequence"``),
+            or None.
     """
 
     routed: Tensor
@@ -127,13 +128,21 @@ def expert_capacity(capacity_factor: float, tokens: int, top_k: int, experts: in
     return math.ceil(capacity_factor * tokens * top_k / experts)
 
 
-def dispatch(routing: Routing, n_experts: int, capacity: int | None = None
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def dispatch(routing: Routing, n_experts: int, capacity: int | None = None,
+             groups: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sort the (token, expert) assignments by expert and apply the capacity.
 
     Within an expert, assignments keep the order "all first choices, then all second
     choices, ...", each in token order; with a capacity, each expert keeps the first
-    ``capacity`` of them (GShard / Switch priority) and drops the rest.
+    ``capacity`` of them (GShard / Switch priority) and drops the rest. With ``groups``,
+    the capacity counts within each group (a sequence, as Hugging Face's Switch
+    Transformers does) instead of over all tokens.
+
+    Args:
+        routing: the routing of N tokens.
+        n_experts: E.
+        capacity: assignments each expert keeps per group, or None for all.
+        groups: (N,) the group (0 .. G-1) of each token, or None for one group.
 
     Returns:
         tokens: (M,) token index of each kept assignment, grouped by expert.
@@ -145,14 +154,19 @@ def dispatch(routing: Routing, n_experts: int, capacity: int | None = None
     expert = routing.experts.t().reshape(-1)  # (K·N,) rank-major: all 1st choices first
     token = torch.arange(n, device=expert.device).repeat(k)
     weight = routing.weights.t().reshape(-1)
-    order = torch.argsort(expert, stable=True)
     routed = torch.bincount(expert, minlength=n_experts)
-    if capacity is None:
-        return token[order], weight[order], routed, routed
-    starts = torch.cumsum(routed, 0) - routed  # (E,) where each expert's group begins
-    position = torch.arange(order.numel(), device=expert.device) - starts[expert[order]]
-    order = order[position < capacity]
-    return token[order], weight[order], routed, routed.clamp(max=capacity)
+    if capacity is not None:
+        key = expert if groups is None else groups[token] * n_experts + expert  # (K·N,)
+        order = torch.argsort(key, stable=True)  # rank-major order kept within each key
+        counts = torch.bincount(key)
+        starts = torch.cumsum(counts, 0) - counts  # where each key's run begins
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=expert.device) - starts[key[order]]
+        keep = rank < capacity
+        expert, token, weight = expert[keep], token[keep], weight[keep]
+    order = torch.argsort(expert, stable=True)
+    kept = torch.bincount(expert, minlength=n_experts) if capacity is not None else routed
+    return token[order], weight[order], routed, kept
 
 
 class MoE(nn.Module):
@@ -162,8 +176,11 @@ class MoE(nn.Module):
     Each token goes to its ``top_k`` experts by router probability (see :func:`route`);
     tokens are sorted by expert, each expert runs once on its contiguous chunk, and the
     weighted outputs are added back (``index_add_``). With ``capacity_factor``, each
-    expert processes at most :func:`expert_capacity` assignments per forward; a dropped
-    assignment contributes 0 (the token keeps its residual and any other experts).
+    expert processes at most :func:`expert_capacity` assignments per forward, with
+    ``capacity`` at most that many; ``capacity_per="sequence"`` counts them per batch row
+    (over its T tokens) instead of over all B·T tokens, as Hugging Face's Switch
+    Transformers does. A dropped assignment contributes 0 (the token keeps its residual
+    and any other experts).
 
     The forward returns ``(out, aux_loss)``: ``aux_loss_coef`` · :func:`load_balancing_loss`
     + ``z_loss_coef`` · :func:`router_z_loss` (+ the aux losses of experts that report one),
@@ -178,7 +195,11 @@ class MoE(nn.Module):
         normalize_top_k: renormalise the k weights to sum to 1 (Mixtral) or not (Switch,
             Qwen2-MoE). With ``top_k=1`` renormalising makes every weight 1, so the router
             then learns from the auxiliary losses only.
-        capacity_factor: Switch capacity factor, or None for no limit.
+        capacity_factor: Switch capacity factor, or None.
+        capacity: a fixed number of assignments per expert (Hugging Face's
+            ``expert_capacity``), or None. At most one of the two.
+        capacity_per: ``batch`` (the capacity counts over all tokens of a forward) or
+            ``sequence`` (over each batch row; the rows are then independent).
         shared: an ffn every token goes through (DeepSeekMoE / Qwen2-MoE), or None.
         shared_gate: ``nn.Linear(C, 1)`` gating ``shared`` by a sigmoid (Qwen2-MoE), or None.
         aux_loss_coef: weight of the load-balancing loss.
@@ -192,6 +213,7 @@ class MoE(nn.Module):
 
     def __init__(self, router: nn.Linear, experts: list[nn.Module], *, top_k: int,
                  normalize_top_k: bool = True, capacity_factor: float | None = None,
+                 capacity: int | None = None, capacity_per: str = "batch",
                  shared: nn.Module | None = None, shared_gate: nn.Linear | None = None,
                  aux_loss_coef: float = 0.01, z_loss_coef: float = 0.0,
                  jitter: float = 0.0) -> None:
@@ -202,14 +224,22 @@ class MoE(nn.Module):
             raise ValueError(f"router has {router.out_features} outputs for {len(experts)} experts")
         if shared_gate is not None and shared is None:
             raise ValueError("shared_gate needs a shared expert")
+        if capacity_factor is not None and capacity is not None:
+            raise ValueError("give capacity_factor or capacity, not both")
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity {capacity} must be at least 1")
+        if capacity_per not in ("batch", "sequence"):
+            raise ValueError(f"capacity_per {capacity_per!r}; allowed: batch, sequence")
         self.router = router
         self.experts = nn.ModuleList(experts)
         self.shared = shared
         self.shared_gate = shared_gate
         self.top_k, self.normalize_top_k = top_k, normalize_top_k
-        self.capacity_factor = capacity_factor
-        #: With a capacity, whether a token is dropped depends on the other rows of the batch.
-        self.batch_independent = capacity_factor is None
+        self.capacity_factor, self.capacity, self.capacity_per = (
+            capacity_factor, capacity, capacity_per)  # fmt: skip
+        #: With a capacity over the batch, whether a token is dropped depends on the other rows.
+        limited = capacity_factor is not None or capacity is not None
+        self.batch_independent = not limited or capacity_per == "sequence"
         self.aux_loss_coef, self.z_loss_coef, self.jitter = aux_loss_coef, z_loss_coef, jitter
         self.last_stats: RoutingStats | None = None
 
@@ -227,11 +257,15 @@ class MoE(nn.Module):
             router_in = flat * torch.empty_like(flat).uniform_(1 - self.jitter, 1 + self.jitter)
         routing = route(self.router(router_in), self.top_k, normalize=self.normalize_top_k)
 
-        capacity = None
+        per_sequence = self.capacity_per == "sequence" and x.dim() == 3
+        capacity, groups = self.capacity, None
         if self.capacity_factor is not None:
-            n_tokens = flat.shape[0]
+            n_tokens = shape[1] if per_sequence else flat.shape[0]
             capacity = expert_capacity(self.capacity_factor, n_tokens, self.top_k, self.n_experts)
-        tokens, weights, routed, kept = dispatch(routing, self.n_experts, capacity)
+        if capacity is not None and per_sequence:
+            rows = torch.arange(shape[0], device=flat.device)
+            groups = rows.repeat_interleave(shape[1])  # (N,) the batch row of each token
+        tokens, weights, routed, kept = dispatch(routing, self.n_experts, capacity, groups)
         self.last_stats = RoutingStats(routed.detach(), kept.detach(), capacity)
 
         aux = routing.logits.new_zeros(())
@@ -265,5 +299,8 @@ class MoE(nn.Module):
 
     def extra_repr(self) -> str:
         capacity = f", capacity_factor={self.capacity_factor}" if self.capacity_factor else ""
+        capacity += f", capacity={self.capacity}" if self.capacity is not None else ""
+        if capacity and self.capacity_per != "batch":
+            capacity += f", capacity_per={self.capacity_per}"
         return (f"experts={self.n_experts}, top_k={self.top_k}, "
                 f"normalize_top_k={self.normalize_top_k}{capacity}")
