@@ -9,6 +9,7 @@ from txblocks.hf.marian import MARIAN
 from txblocks.hf.mbart import MBART
 from txblocks.hf.mt5 import MT5, MT5_ENCODER
 from txblocks.hf.pegasus import PEGASUS
+from txblocks.hf.qwen2_moe import QWEN2_MOE
 from txblocks.hf.switch_transformers import SWITCH, SWITCH_ENCODER
 from txblocks.hf.xlm_roberta import XLM_ROBERTA
 
@@ -17,5 +18,5 @@ __all__ = ["FAMILIES"]
 #: The families of this group, in the order ``to_hf`` tries them.
 FAMILIES: tuple[HFFamily, ...] = (
     XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER, MBART, MARIAN, PEGASUS,
-    SWITCH, SWITCH_ENCODER,
+    SWITCH, SWITCH_ENCODER, QWEN2_MOE,
 )  # fmt: skip
