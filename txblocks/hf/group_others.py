@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from txblocks.hf.deit import DEIT
 from txblocks.hf.distilbert import DISTILBERT
 from txblocks.hf.electra import ELECTRA
 from txblocks.hf.family import HFFamily
@@ -18,5 +19,5 @@ __all__ = ["FAMILIES"]
 #: The families of this group, in the order ``to_hf`` tries them.
 FAMILIES: tuple[HFFamily, ...] = (
     XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER, MBART, MARIAN, PEGASUS,
-    SWITCH, SWITCH_ENCODER, QWEN2_MOE,
+    SWITCH, SWITCH_ENCODER, QWEN2_MOE, DEIT,
 )  # fmt: skip
