@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from txblocks.hf.clip_text import CLIP_TEXT
 from txblocks.hf.deit import DEIT
 from txblocks.hf.distilbert import DISTILBERT
 from txblocks.hf.electra import ELECTRA
@@ -19,5 +20,5 @@ __all__ = ["FAMILIES"]
 #: The families of this group, in the order ``to_hf`` tries them.
 FAMILIES: tuple[HFFamily, ...] = (
     XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER, MBART, MARIAN, PEGASUS,
-    SWITCH, SWITCH_ENCODER, QWEN2_MOE, DEIT,
+    SWITCH, SWITCH_ENCODER, QWEN2_MOE, DEIT, CLIP_TEXT,
 )  # fmt: skip
