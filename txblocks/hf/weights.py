@@ -9,7 +9,7 @@ gap is an :class:`~txblocks.hf.family.HFConversionError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -40,18 +40,23 @@ def _rules(family: HFFamily, head: HFHead, hf_model: nn.Module) -> list[tuple[Ru
 
 
 def _plan(
-    model: nn.Module, rules: list[tuple[Rule, str]], family: HFFamily
+    model: nn.Module, rules: list[tuple[Rule, str]], family: HFFamily,
+    exists: Callable[[str], bool],
 ) -> Iterator[tuple[str, Tensor, Rule, list[str]]]:
-    """(txblocks name, tensor, rule, HF names) for each txblocks parameter."""
+    """(txblocks name, tensor, rule, HF names) for each txblocks parameter.
+
+    Rules that match one txblocks name are alternatives (Falcon names a block's norms by
+    its layout): the first whose HF names all exist wins, else the first that matches.
+    """
     missing = []
     for name, tensor in _unique(model.state_dict(keep_vars=True)).items():
-        for rule, prefix in rules:
-            hf_names = rule.match(name, prefix)
-            if hf_names is not None:
-                yield name, tensor, rule, hf_names
-                break
-        else:
+        matches = [(rule, hf_names) for rule, prefix in rules
+                   if (hf_names := rule.match(name, prefix)) is not None]  # fmt: skip
+        if not matches:
             missing.append(Problem(name, "no weight rule maps this txblocks parameter"))
+            continue
+        found = next((m for m in matches if all(exists(n) for n in m[1])), matches[0])
+        yield name, tensor, *found
     if missing:
         raise HFConversionError(f"the {family.name} weight rules are incomplete", missing)
 
@@ -91,7 +96,8 @@ def copy_weights(
     sliced: dict[int, tuple[str, int, set[int]]] = {}  # id -> (HF name, slices, slices seen)
     problems = []
     with torch.no_grad():
-        for name, tensor, rule, hf_names in _plan(tx_model, _rules(family, head, hf_model), family):
+        rules = _rules(family, head, hf_model)
+        for name, tensor, rule, hf_names in _plan(tx_model, rules, family, hf_state.__contains__):
             absent = [n for n in hf_names if n not in hf_state]
             if absent:
                 problems.append(Problem(name, f"HF parameter(s) {', '.join(absent)} not found"))

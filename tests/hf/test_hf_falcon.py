@@ -1,0 +1,106 @@
+"""Falcon both ways: the 7B layout (parallel, one shared norm, multi-query), the new decoder
+architecture (GQA, two norms or one), and the sequential layout; qkv grouped per kv head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
+
+from .conftest import DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed
+from .conftest import padded_batch, positions_matter, scaled
+
+QKV = ("query_key_value",)
+NEW = {"new_decoder_architecture": True, "num_kv_heads": 2}
+
+
+def falcon(cls: str, **kw: Any) -> Callable[[], Any]:
+    base = {"num_hidden_layers": 3, "hidden_size": 48, "num_attention_heads": 6,
+            "vocab_size": 97, "max_position_embeddings": 40, "ffn_hidden_size": 40,
+            "initializer_range": 0.2, "rope_parameters": {"rope_type": "default",
+                                                          "rope_theta": 500.0},
+            **DECODER_IDS}  # fmt: skip
+    config = transformers.FalconConfig(**{**base, **kw})
+    return lambda: scaled(getattr(transformers, cls)(config), QKV)
+
+
+LINEAR = {"rope_type": "linear", "rope_theta": 1000.0, "factor": 2.0}
+CASES = {
+    "7b-lm": falcon("FalconForCausalLM"),
+    "new-arch-lm-gqa-bias-untied-linear": falcon(
+        "FalconForCausalLM", **NEW, bias=True, tie_word_embeddings=False, rope_parameters=LINEAR),
+    "sequential-base-mha-relu": falcon("FalconModel", parallel_attn=False, multi_query=False,
+                                       activation="relu", bias=True),
+}  # fmt: skip
+ONE_NORM = falcon("FalconForCausalLM", **NEW, num_ln_in_parallel_attn=1)  # Falcon2-11B's layout
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("case", [*CASES, "new-arch-one-norm"])
+def test_same_numbers(case: str, side: str) -> None:
+    decoder_parity(perturbed(CASES.get(case, ONE_NORM)), side)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_round_trip(case: str) -> None:
+    decoder_round_trip(perturbed(CASES[case]))
+
+
+def test_one_norm_comes_back_as_two_equal_norms() -> None:
+    """The spec cannot say that the two norms are one: to_hf gives ``ln_attn`` and ``ln_mlp``."""
+    hf = perturbed(ONE_NORM)
+    back = to_hf(from_hf(hf))
+    layer, source = back.transformer.h[1], hf.transformer.h[1]
+    torch.testing.assert_close(layer.ln_attn.weight, source.input_layernorm.weight)
+    torch.testing.assert_close(layer.ln_mlp.weight, source.input_layernorm.weight)
+    inputs = padded_batch("right")
+    with torch.no_grad():
+        torch.testing.assert_close(back(**inputs).logits, hf(**inputs).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["7b", "new-arch"])
+def test_greedy_decoding(case: str) -> None:
+    kw = NEW if case == "new-arch" else {}
+    decoder_greedy(perturbed(falcon("FalconForCausalLM", num_hidden_layers=2,
+                                    tie_word_embeddings=False, **kw)))  # fmt: skip
+
+
+def test_positions_matter() -> None:
+    positions_matter(perturbed(CASES["7b-lm"]))
+
+
+def test_layouts() -> None:
+    spec = spec_from_hf(perturbed(CASES["7b-lm"]))
+    assert (spec.block.layout, spec.kv_heads) == ("parallel", 1)
+    spec = spec_from_hf(perturbed(CASES["new-arch-lm-gqa-bias-untied-linear"]))
+    assert (spec.block.layout, spec.kv_heads, spec.position.scaling.type) == (
+        "parallel", 2, "linear")
+    spec = spec_from_hf(perturbed(CASES["sequential-base-mha-relu"]))
+    assert (spec.block.layout, spec.kv_heads) == ("pre_norm", 6)
+
+
+def test_two_different_norms_are_refused_by_the_7b_layout() -> None:
+    model = from_hf(perturbed(CASES["7b-lm"]))
+    with torch.no_grad():
+        model.blocks[0].norm2.bias[1] += 0.5
+    with pytest.raises(HFConversionError, match="norm2 differs from norm1: a Falcon block"):
+        to_hf(model)
+
+
+def test_unsupported_layouts_are_listed() -> None:
+    config = transformers.FalconConfig(
+        hidden_size=48, num_attention_heads=6, alibi=True, parallel_attn=False,
+        multi_query=False, num_kv_heads=2, attention_dropout=0.1, activation="mish")
+    with pytest.raises(HFConversionError) as info:
+        spec_from_hf(config)
+    found = {p.path: p.message for p in info.value.problems}
+    assert set(found) == {"alibi", "num_kv_heads", "attention_dropout", "activation"}
+    config = transformers.FalconConfig(new_decoder_architecture=True, parallel_attn=False)
+    with pytest.raises(HFConversionError, match="parallel_attn: False: False with new_decoder"):
+        spec_from_hf(config)

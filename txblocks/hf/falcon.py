@@ -1,0 +1,155 @@
+"""Falcon (``FalconModel``, ``FalconForCausalLM``) <-> a parallel (or pre-norm) decoder with RoPE.
+
+Falcon's layouts, all with RoPE on whole heads and one ``bias`` flag for every linear layer:
+
+* the 7B layout (``new_decoder_architecture: false``, ``parallel_attn``, ``multi_query``):
+  ``x + attn(ln(x)) + mlp(ln(x))`` with one ``input_layernorm``
+  (:class:`~txblocks.hf.gptj.SharedNorm`) and one key/value head;
+* ``new_decoder_architecture``: parallel, ``num_kv_heads`` key/value heads, two norms
+  ``ln_attn`` / ``ln_mlp`` (``num_ln_in_parallel_attn: 2``, the default) or one
+  ``input_layernorm`` (``1``);
+* ``parallel_attn: false``: pre-norm (``input_layernorm``, ``post_attention_layernorm``).
+
+``query_key_value`` is grouped per key/value head (rows ``(Hkv, H / Hkv + 2, D)``; the
+multi-query layout is the case ``Hkv = 1``, the old layout without multi-query ``Hkv = H``):
+:class:`~txblocks.hf.gpt_neox.GroupedQKV`. Norm rules are alternatives by name: the first
+whose HF parameters exist is used.
+
+The spec does not say whether a parallel block's two norms are one tensor: ``to_hf`` gives
+the 7B layout for one key/value head and the new architecture with two norms otherwise.
+ALiBi Falcons (RW) are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.gpt_neox import GroupedQKV
+from txblocks.hf.gptj import SharedNorm
+from txblocks.hf.llama import rope, rope_parameters
+from txblocks.hf.rules import Rule
+
+__all__ = ["FALCON"]
+
+WEIGHTS = (
+    Rule("word_embeddings.weight", "embeddings.tokens.weight"),
+    # norms, by layout: the first rule whose HF names exist applies
+    Rule("h.{i}.ln_attn.{p}", "blocks.{i}.norm1.{p}"),  # new architecture, two norms
+    Rule("h.{i}.input_layernorm.{p}", "blocks.{i}.norm1.{p}"),
+    Rule("h.{i}.ln_mlp.{p}", "blocks.{i}.norm2.{p}"),
+    Rule("h.{i}.post_attention_layernorm.{p}", "blocks.{i}.norm2.{p}"),  # parallel_attn: false
+    Rule("h.{i}.input_layernorm.{p}", "blocks.{i}.norm2.{p}", SharedNorm("Falcon")),  # one norm
+    Rule("h.{i}.self_attention.query_key_value.{p}", "blocks.{i}.attention.qkv.{p}",
+         GroupedQKV()),
+    Rule("h.{i}.self_attention.dense.{p}", "blocks.{i}.attention.out.{p}"),
+    Rule("h.{i}.mlp.dense_h_to_4h.{p}", "blocks.{i}.ffn.up.{p}"),
+    Rule("h.{i}.mlp.dense_4h_to_h.{p}", "blocks.{i}.ffn.down.{p}"),
+    Rule("ln_f.{p}", "final_norm.{p}"),
+)  # fmt: skip
+
+
+def _layout(c: ConfigView, n_heads: int) -> tuple[str, int]:
+    """The block layout and the key/value heads; problems for layouts HF cannot run."""
+    parallel, n_ln, kv = bool(c.parallel_attn), c.num_ln_in_parallel_attn, c.num_kv_heads
+    multi_query = bool(c.multi_query)
+    if c.new_decoder_architecture:  # multi_query is ignored
+        if not parallel:
+            c.unsupported("parallel_attn", "False with new_decoder_architecture: HF's layer "
+                          "then builds norms its forward does not use (it fails)")
+        if n_ln not in (None, 1, 2):
+            c.unsupported("num_ln_in_parallel_attn", "HF's new architecture has 1 or 2 norms")
+        return "parallel", kv
+    if parallel and n_ln == 2:
+        c.unsupported("num_ln_in_parallel_attn", "2 without new_decoder_architecture: HF builds "
+                      "ln_attn / ln_mlp but runs input_layernorm (it fails)")
+    if not multi_query and kv != n_heads:
+        c.unsupported("num_kv_heads", "HF's layout without multi_query or "
+                      "new_decoder_architecture has num_attention_heads key/value heads")
+    if not parallel and c.attention_dropout != c.hidden_dropout:
+        c.unsupported("attention_dropout", (
+            f"≠ hidden_dropout {c.hidden_dropout!r}: without parallel_attn HF drops the "
+            "attention branch with attention_dropout and the mlp branch with hidden_dropout; "
+            "txblocks has one residual dropout"
+        ))  # fmt: skip
+    return ("parallel" if parallel else "pre_norm"), (1 if multi_query else n_heads)
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of a FalconConfig (without head)."""
+    if c.alibi:
+        c.unsupported("alibi", "Falcon's ALiBi (slopes rounded to bfloat16, added before the "
+                      "1/sqrt(head_dim) scale) is not txblocks' alibi; only rotary Falcons convert")
+    d_model, n_heads = c.hidden_size, c.num_attention_heads
+    layout, kv = _layout(c, n_heads)
+    c.get("attention_dropout")  # no dropout on the rotary path's probabilities
+    return {
+        "arch": "decoder",
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.max_position_embeddings,
+        "d_model": d_model,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": n_heads,
+        "n_kv_heads": kv,
+        "position": rope(c),
+        "block": {
+            "layout": layout,
+            "norm": {"type": "layernorm", "eps": c.layer_norm_epsilon},
+            "attention": {"mask": "causal", "bias": bool(c.bias), "fused_qkv": True,
+                          "dropout": 0.0},
+            "ffn": {"type": "mlp", "hidden": c.ffn_hidden_size, "bias": bool(c.bias),
+                    "activation": activation(c, "activation"), "dropout": 0.0},
+            "dropout": c.hidden_dropout or 0.0,
+        },
+        "init_std": c.initializer_range,
+    }  # fmt: skip
+
+
+def config(s: Any) -> dict[str, Any]:
+    """FalconConfig fields of a spec (checked by converting back)."""
+    block = s.block
+    attention = block.attention
+    parallel, kv = block.layout == "parallel", s.kv_heads
+    new = parallel and kv > 1
+    return {
+        "vocab_size": s.vocab_size,
+        "max_position_embeddings": s.max_seq_len,
+        "hidden_size": s.d_model,
+        "num_hidden_layers": s.n_layers,
+        "num_attention_heads": s.n_heads,
+        "num_kv_heads": kv,
+        "new_decoder_architecture": new,
+        "multi_query": kv == 1,
+        "parallel_attn": parallel,
+        "num_ln_in_parallel_attn": 2 if new else None,
+        "alibi": False,
+        "bias": bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias),
+        "layer_norm_epsilon": getattr(block.norm, "eps", 1e-5),
+        "hidden_dropout": block.dropout,
+        "attention_dropout": 0.0 if parallel else block.dropout,
+        "rope_parameters": rope_parameters(s.position),
+        "ffn_hidden_size": ffn_hidden(block.ffn, s.d_model),
+        "activation": hf_activation(getattr(block.ffn, "activation", None)),
+        "initializer_range": s.init_std,
+    }
+
+
+FALCON = HFFamily(
+    name="falcon",
+    arch="decoder",
+    model_type="falcon",
+    config_class="FalconConfig",
+    spec=spec,
+    config=config,
+    weights=WEIGHTS,
+    heads=(
+        HFHead("FalconModel", None),
+        HFHead(
+            "FalconForCausalLM",
+            "lm",
+            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": False},
+            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
+            weights=(Rule("lm_head.weight", "head.proj.weight"),),
+        ),
+    ),
+)
