@@ -21,7 +21,14 @@ from txblocks.errors import (
     SpecError,
     TxblocksPluginWarning,
 )
-from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
+from txblocks.hf import (
+    HFConversionError,
+    from_hf,
+    from_pretrained,
+    save_pretrained,
+    spec_from_hf,
+    to_hf,
+)
 from txblocks.hookspecs import hookimpl
 from txblocks.nn.dims import ModelDims
 from txblocks.generation import GenerationConfig
@@ -41,6 +48,8 @@ __all__ = [
     "GenerationConfig",
     "HFConversionError",
     "from_hf",
+    "from_pretrained",
+    "save_pretrained",
     "spec_from_hf",
     "to_hf",
     "KVCache",
