@@ -41,7 +41,8 @@ CASES = {
     "lm-tied-scaled": switch("SwitchTransformersForConditionalGeneration"),
     "lm-untied-router-bias": switch("SwitchTransformersForConditionalGeneration",
                                     tie_word_embeddings=False, router_bias=True,
-                                    num_sparse_decoder_layers=1, dense_act_fn="gelu_new"),
+                                    num_sparse_decoder_layers=1, dense_act_fn="gelu",
+                                    initializer_factor=0.3),
     "base-every-layer-sparse": switch("SwitchTransformersModel", num_sparse_encoder_layers=4),
     "encoder": switch("SwitchTransformersEncoderModel"),
 }  # fmt: skip
@@ -103,7 +104,7 @@ def test_spec() -> None:
     assert (moe.experts, moe.top_k, moe.normalize_top_k, moe.router_bias) == (3, 1, False, True)
     assert (moe.capacity, moe.capacity_per, moe.capacity_factor) == (3, "sequence", None)
     assert (spec.head.tie_embeddings, spec.head.scale) == (False, None)
-    assert (spec.block.ffn.type, spec.block.ffn.activation.type) == ("mlp", "gelu_tanh")
+    assert (spec.block.ffn.type, spec.block.ffn.activation.type) == ("mlp", "gelu")
 
 
 def test_refused_options() -> None:
