@@ -100,13 +100,17 @@ def test_an_unread_hf_weight_is_an_error() -> None:
 
 def test_builtin_families_have_distinct_names_and_classes() -> None:
     names = [f.name for f in builtin_families()]
-    assert names == ["gpt2", "bert", "roberta", "llama", "mistral", "qwen2", "mixtral", "t5",
-                     "t5_encoder", "bart", "vit"]  # fmt: skip
+    assert names[:11] == ["gpt2", "bert", "roberta", "llama", "mistral", "qwen2", "mixtral", "t5",
+                          "t5_encoder", "bart", "vit"]  # fmt: skip
+    assert len(set(names)) == len(names) == 36  # and the 25 of issue 15
     classes = [h.hf_class for f in builtin_families() for h in f.heads]
     assert len(set(classes)) == len(classes)
-    # one model_type per family, except T5's encoder-only class, a family of its own arch
+    # one model_type per family, except the T5-style encoder-only classes, families of their
+    # own arch (each named <family>_encoder)
     types = [f.model_type for f in builtin_families()]
-    assert [t for t in set(types) if types.count(t) > 1] == ["t5"]
+    shared = sorted(t for t in set(types) if types.count(t) > 1)
+    assert shared == ["mt5", "switch_transformers", "t5"]
+    assert {f"{t}_encoder" for t in shared} <= set(names)
     for family in builtin_families():
         assert family.heads[0].head_type is None  # the base model comes first
 
