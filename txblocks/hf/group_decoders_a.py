@@ -1,4 +1,4 @@
-"""Hugging Face families added for issue 15 (group decoders_a); see docs/hf-decoders-a.md."""
+"""Hugging Face families added for issue 15 (group decoders_a); see docs/hf.md."""
 
 from __future__ import annotations
 

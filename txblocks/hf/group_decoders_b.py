@@ -1,4 +1,4 @@
-"""Hugging Face families added for issue 15 (group decoders_b); see docs/hf-decoders-b.md."""
+"""Hugging Face families added for issue 15 (group decoders_b); see docs/hf.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hugging Face families added for issue 15 (group others); see docs/hf-others.md."""
+"""Hugging Face families added for issue 15 (group others); see docs/hf.md."""
 
 from __future__ import annotations
 
