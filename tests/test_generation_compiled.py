@@ -104,6 +104,16 @@ def test_end_of_sequence_repetition_penalty_and_min_length_equal_eager(registry)
     _same_as_eager(model, ids, mask, max_new_tokens=12, repetition_penalty=1.8)
 
 
+def test_stream_yields_what_eager_streaming_yields(registry):
+    model = _build(registry, "mistral", **FAMILIES["mistral"])
+    ids, mask = _prompts()
+    free = model.generate(ids, mask, max_new_tokens=12)
+    settings = {"max_new_tokens": 12, "eos_token_id": [free[0, 12].item(), free[1, 15].item()]}
+    expected = list(model.stream(ids, mask, **settings))
+    got = list(model.stream(ids, mask, **settings, **TRACE))
+    assert len(got) == len(expected) and all(map(torch.equal, got, expected))
+
+
 def test_all_rows_ending_early_cut_the_output_where_eager_stops(registry):
     model = _build(registry, "llama", **FAMILIES["llama"])
     ids, mask = _prompts()
@@ -160,8 +170,6 @@ def test_what_the_compiled_step_cannot_do_is_named(registry):
     ids, _ = _prompts()
     with pytest.raises(ValueError, match="beam search"):
         model.generate(ids, max_new_tokens=4, num_beams=2, **TRACE)
-    with pytest.raises(ValueError, match="stream"):
-        list(model.stream(ids, max_new_tokens=4, **TRACE))
     moe = {"type": "moe", "experts": 2, "top_k": 1, "capacity_factor": 1.0,
            "expert": {"type": "mlp", "hidden": 32}}
     capped = _build(registry, block={"ffn": moe})
@@ -176,3 +184,12 @@ def test_what_the_compiled_step_cannot_do_is_named(registry):
         registry=registry))
     with pytest.raises(ValueError, match="decoder models only"):
         seq2seq.generate(ids, max_new_tokens=4, **TRACE)
+
+
+@pytest.mark.slow
+def test_inductor_generates_the_same_tokens(registry):
+    """The default backend, code generated and run (about 15 s on 2 CPU cores, cold)."""
+    model = _build(registry, n_layers=1, position="rope", max_seq_len=64)
+    ids, mask = _prompts()
+    expected = model.generate(ids, mask, max_new_tokens=8)
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=8, compile=True), expected)

@@ -10,7 +10,8 @@ the model's ``max_seq_len``), so prompts of nearby lengths share a compilation.
 
 The host reads the device ``done`` flags once every :data:`CHECK_EVERY` steps, so a batch
 whose rows all ended may run up to that many steps more; the output is cut where eager
-decoding stops, so the two return the same tensor.
+decoding stops, so the two return the same tensor. :func:`stream_compiled` reads each token
+(and the flags) every step: a stream needs each token on the host anyway.
 
 Shapes: B batch, T prompt, L cache slots, V vocabulary.
 """
@@ -18,7 +19,7 @@ Shapes: B batch, T prompt, L cache slots, V vocabulary.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,7 +31,8 @@ from txblocks.generation.static_step import decode_step, static_step_problems
 from txblocks.nn.cache import StaticKVCache
 from txblocks.nn.model import TransformerModel
 
-__all__ = ["CACHE_BUCKET", "CHECK_EVERY", "cache_length", "compiled_step", "generate_compiled"]
+__all__ = ["CACHE_BUCKET", "CHECK_EVERY", "cache_length", "compiled_step", "generate_compiled",
+           "stream_compiled"]
 
 #: Cache lengths are rounded up to a multiple of this.
 CACHE_BUCKET = 64
@@ -96,6 +98,51 @@ def _state(input_ids: Tensor, positions: Tensor, cache: StaticKVCache, vocab: in
     return state
 
 
+def _decode(model: TransformerModel, input_ids: Tensor, attention_mask: Tensor | None,
+            config: GenerationConfig, check_every: int) -> Iterator[DecodeState]:
+    """Prefill, then yield the state after each new token (the device ``done`` flags are read
+    every ``check_every`` steps; decoding stops early once every row is done)."""
+    from txblocks.generation.decode import _check_request
+    from txblocks.generation.sessions import _left_padded
+
+    _check(model, config)
+    _check_request(model, input_ids, config)
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    _left_padded(mask)
+    was_training = model.training
+    model.eval()
+    try:
+        batch, prompt = input_ids.shape
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        padding = mask if not bool(mask.all()) else None  # one host check, as DecoderSession
+        prefill = model.new_cache(batch, prompt)
+        logits = model(input_ids, padding, position_ids=positions, cache=prefill,
+                       logits_to_keep=1).logits
+        param = next(model.parameters())
+        length = cache_length(prompt + config.max_new_tokens, model.max_seq_len)
+        shapes = [(b.attention.n_kv_heads, b.attention.head_dim) for b in model.blocks]
+        cache = StaticKVCache.empty(shapes, batch, length, dtype=param.dtype, device=param.device)
+        cache.fill(prefill, padding)
+        del prefill
+        state = _state(input_ids, positions, cache, logits.shape[-1], config, param.dtype)
+        sampling = Sampling.of(config)
+        generator = config.make_generator(input_ids.device)
+        if state.noise is not None:
+            state.noise.exponential_(generator=generator)
+        pick(logits[:, -1], state, sampling)  # the first new token, eagerly
+        yield state
+        step = compiled_step(model, config.compile_backend)
+        for done in range(1, config.max_new_tokens):
+            if state.eos_ids is not None and done % check_every == 0 and bool(state.done.all()):
+                return
+            if state.noise is not None:
+                state.noise.exponential_(generator=generator)
+            step(model, cache, state, sampling)
+            yield state
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def generate_compiled(model: TransformerModel, input_ids: Tensor, attention_mask: Tensor | None,
                       config: GenerationConfig) -> Tensor:
@@ -115,42 +162,16 @@ def generate_compiled(model: TransformerModel, input_ids: Tensor, attention_mask
     Raises:
         ValueError: a model or setting the compiled step does not support, naming it.
     """
-    from txblocks.generation.decode import _check_request
-    from txblocks.generation.sessions import _left_padded
+    *_, state = _decode(model, input_ids, attention_mask, config, CHECK_EVERY)  # run to the end
+    new = int(state.end.max()) if state.eos_ids is not None else config.max_new_tokens
+    return state.tokens[:, :input_ids.shape[1] + new].clone()
 
-    _check(model, config)
-    _check_request(model, input_ids, config)
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    _left_padded(mask)
-    was_training = model.training
-    model.eval()
-    try:
-        batch, prompt = input_ids.shape
-        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        padding = mask if not bool(mask.all()) else None  # one host check, as DecoderSession
-        prefill = model.new_cache(batch, prompt)
-        logits = model(input_ids, padding, position_ids=positions, cache=prefill, logits_to_keep=1).logits
-        param = next(model.parameters())
-        length = cache_length(prompt + config.max_new_tokens, model.max_seq_len)
-        shapes = [(b.attention.n_kv_heads, b.attention.head_dim) for b in model.blocks]
-        cache = StaticKVCache.empty(shapes, batch, length, dtype=param.dtype, device=param.device)
-        cache.fill(prefill, padding)
-        del prefill
-        vocab = logits.shape[-1]
-        state = _state(input_ids, positions, cache, vocab, config, param.dtype)
-        sampling = Sampling.of(config)
-        generator = config.make_generator(input_ids.device)
-        if state.noise is not None:
-            state.noise.exponential_(generator=generator)
-        pick(logits[:, -1], state, sampling)  # the first new token, eagerly
-        step = compiled_step(model, config.compile_backend)
-        for done in range(1, config.max_new_tokens):
-            if state.eos_ids is not None and done % CHECK_EVERY == 0 and bool(state.done.all()):
-                break
-            if state.noise is not None:
-                state.noise.exponential_(generator=generator)
-            step(model, cache, state, sampling)
-        new = int(state.end.max()) if state.eos_ids is not None else config.max_new_tokens
-        return state.tokens[:, :prompt + new].clone()
-    finally:
-        model.train(was_training)
+
+@torch.no_grad()
+def stream_compiled(model: TransformerModel, input_ids: Tensor, attention_mask: Tensor | None,
+                    config: GenerationConfig) -> Iterator[Tensor]:
+    """What :func:`~txblocks.generation.stream` yields, (B,) per step, decoded by a compiled
+    step. Reading each token is a host sync per step, which a stream needs anyway; the
+    ``done`` flags are then read every step too, so it stops where eager streaming stops."""
+    for state in _decode(model, input_ids, attention_mask, config, 1):
+        yield state.tokens.index_select(1, state.index)[:, 0]

@@ -81,14 +81,17 @@ def stream(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
 
     Rows that produced an end-of-sequence id yield ``pad_token_id`` afterwards; the
     stream stops when every row has finished or after ``max_new_tokens``.
-    Accepts the fields of :class:`GenerationConfig` as keywords (not beam search).
+    Accepts the fields of :class:`GenerationConfig` as keywords (not beam search);
+    ``compile=True`` streams from the compiled decoding step.
     """
     config = GenerationConfig(**settings)
     if config.num_beams > 1:
         raise ValueError("stream does not do beam search; use generate(num_beams=...)")
     if config.compile:
-        raise ValueError("stream does not take compile=True (it reads each token back); "
-                         "use generate(compile=True)")
+        from txblocks.generation.compiled import stream_compiled
+
+        yield from stream_compiled(model, input_ids, attention_mask, config)
+        return
     was_training = model.training
     model.eval()
     try:
