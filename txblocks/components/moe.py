@@ -14,12 +14,14 @@ from torch import nn
 
 from txblocks.nn.moe import MoE
 from txblocks.registry import ComponentConfig, Registry, slot
+from txblocks.spec.limits import MAX_EXPERTS
 
 
 class MoEConfig(ComponentConfig):
     """Mixture of Experts (Switch, Mixtral, Qwen2-MoE): each token goes to top_k expert ffns."""
 
-    experts: int = Field(8, ge=1, description="Number of routed experts E.")
+    experts: int = Field(8, ge=1, json_schema_extra={"maximum": MAX_EXPERTS},
+                         description=f"Number of routed experts E (at most {MAX_EXPERTS}).")
     top_k: int = Field(2, ge=1, description="Experts per token (at most `experts`).")
     expert: ComponentConfig = slot(
         "ffn", "mlp", description="The ffn of each expert (any ffn but moe); E copies are built."
@@ -80,6 +82,15 @@ class MoEConfig(ComponentConfig):
     z_loss_coef: float = Field(
         0.0, ge=0, description="Weight of the router z-loss mean(logsumexp(logits)²) (ST-MoE)."
     )
+
+    @field_validator("experts")
+    @classmethod
+    def _experts_bounded(cls, experts: int) -> int:
+        if experts > MAX_EXPERTS:
+            raise ValueError(f"{experts:,} experts; a moe has at most {MAX_EXPERTS:,} "
+                             "(txblocks.spec.limits.MAX_EXPERTS): each expert is a module of its "
+                             "own, and the most in use are 256 (DeepSeek-V3)")
+        return experts
 
     @field_validator("top_k")
     @classmethod

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from txblocks.errors import Problem, SpecError, did_you_mean
 from txblocks.registry import Registry
 from txblocks.spec.checks import check_spec
-from txblocks.spec.errors import problems_from
-from txblocks.spec.limits import MAX_DEPTH, check_text_size, check_tree
+from txblocks.spec.errors import format_path, problems_from
+from txblocks.spec.limits import MAX_DEPTH, MAX_SPEC_BYTES, check_text_size, check_tree
 from txblocks.spec.models import ModelSpec
 from txblocks.spec.schema import spec_models
 
@@ -95,15 +95,69 @@ def _parse_text(text: str, source: str) -> Any:
     return data
 
 
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of the spec file ``path``; a :class:`SpecError` naming the file when it
+    is missing, a folder or not a regular file, unreadable, too big or not UTF-8."""
+    source = str(path)
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}", source=source)
+    if path.is_dir():
+        raise SpecError(f"{path} is a folder, not a spec file", source=source)
+    if not path.is_file():  # a FIFO or a device such as /dev/zero: could block or never end
+        raise SpecError(f"{path} is not a regular file", source=source)
+    check_text_size(path.stat().st_size, source)
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror or exc}", source=source) from None
+    check_text_size(len(raw), source)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}, column "
+                        f"{column}; save the spec as UTF-8", source=source) from None
+
+
+class _Pairs(dict):  # type: ignore[type-arg]
+    """A JSON object, remembering a key that it was given twice (``json`` keeps the last)."""
+
+    duplicate: str | None = None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _Pairs:
+    obj = _Pairs(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                obj.duplicate = key
+                break
+            seen.add(key)
+    return obj
+
+
+def _duplicate_key(data: Any) -> str | None:
+    """``"'arch' at block.ffn"``-style description of the first key given twice, or None."""
+    stack: list[tuple[Any, list[str | int]]] = [(data, [])]
+    while stack:  # iterative: check_tree has bounded the depth, not the recursion
+        node, path = stack.pop()
+        if isinstance(node, _Pairs) and node.duplicate is not None:
+            return f"{node.duplicate!r} in {format_path(path) or 'the top-level object'}"
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(
+            node, list) else ()
+        stack.extend((v, [*path, k]) for k, v in reversed(list(items)))
+    return None
+
+
 def _read_file(path: Path) -> Any:
-    if not path.is_file():
-        raise SpecError(f"spec file not found: {path}", source=str(path))
-    check_text_size(path.stat().st_size, str(path))
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if path.suffix != ".json":
         return _parse_text(text, str(path))
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_json_object)
     except json.JSONDecodeError as exc:
         raise SpecError(
             f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=str(path)
@@ -112,7 +166,20 @@ def _read_file(path: Path) -> Any:
         raise SpecError(f"the spec nests deeper than {MAX_DEPTH} levels "
                         "(txblocks.spec.limits.MAX_DEPTH)", source=str(path)) from None
     check_tree(data, str(path))
-    return data
+    duplicate = _duplicate_key(data)
+    if duplicate is not None:
+        raise SpecError(f"duplicate key {duplicate}; JSON would keep only the last value",
+                        source=str(path))
+    return _plain(data)
+
+
+def _plain(node: Any) -> Any:
+    """``node`` with every :class:`_Pairs` made a plain ``dict``."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
 
 
 def _looks_like_path(text: str) -> bool:

@@ -7,10 +7,11 @@ Two kinds of limits:
   nodes), its nesting depth. Past them, parsing or validating would hang, exhaust memory or
   overflow the stack.
 * on the *model* a valid spec describes (:func:`size_problems`, run by validation): layers
-  per stack, and a lower bound on its parameters computed from the sizes alone (token table,
-  attention projections, patch embedding). Past them no device could hold the model, and
-  building would hang in Python loops or fail deep inside torch. The exact count, every
-  component included, comes from a build on the meta device: :func:`txblocks.build.model_size`.
+  per stack, routed experts over all layers, and a lower bound on its parameters computed
+  from the sizes alone (token table, attention projections, patch embedding). Past them no
+  device could hold the model, and building would hang in Python loops or fail deep inside
+  torch. The exact count, every component included, comes from a build on the meta device:
+  :func:`txblocks.build.model_size`.
 
 The limits are module constants, far above any real model, so that an ordinary spec never
 meets them.
@@ -25,8 +26,8 @@ from txblocks.errors import Problem, SpecError
 from txblocks.spec.models import ModelSpec, Seq2SeqSpec, TextSpec, VitSpec
 
 __all__ = [
-    "MAX_DEPTH", "MAX_LAYERS", "MAX_NODES", "MAX_PARAMS", "MAX_SEQ_LEN", "MAX_SPEC_BYTES",
-    "check_text_size",
+    "MAX_DEPTH", "MAX_EXPERTS", "MAX_LAYERS", "MAX_MODEL_EXPERTS", "MAX_NODES", "MAX_PARAMS",
+    "MAX_SEQ_LEN", "MAX_SPEC_BYTES", "check_text_size",
     "check_tree", "human_bytes", "min_params", "size_problems",
 ]
 
@@ -42,6 +43,11 @@ MAX_LAYERS = 4096
 MAX_SEQ_LEN = 1 << 30
 #: Parameters implied by the sizes alone (10 trillion: 40 TB in float32).
 MAX_PARAMS = 10**13
+#: Routed experts of one Mixture of Experts. The most in use are 256 (DeepSeek-V3).
+MAX_EXPERTS = 1024
+#: Routed experts in a whole model, over all layers (DeepSeek-V3: 58 x 256 = 14,848). Each is
+#: a module: even the meta build takes about half a millisecond per expert.
+MAX_MODEL_EXPERTS = 16_384
 
 
 def human_bytes(n: float) -> str:
@@ -142,6 +148,19 @@ def min_params(spec: ModelSpec) -> int:
     return sum(_terms(spec).values())
 
 
+def _experts(ffn: Any) -> int:
+    experts = getattr(ffn, "experts", 0)
+    return experts if isinstance(experts, int) else 0
+
+
+def _model_experts(spec: ModelSpec) -> int:
+    """Routed experts over all layers: the ``experts`` of each layer's ffn (0 for dense)."""
+    if not _experts(spec.block.ffn) and not any(_experts(o.ffn) for o in spec.layers):
+        return 0
+    return sum(_experts(spec.block_for(i, stack).ffn)
+               for stack, n_layers in spec.stacks.items() for i in range(n_layers))
+
+
 def size_problems(spec: ModelSpec) -> Iterator[Problem]:
     """Layers over :data:`MAX_LAYERS`, positions over :data:`MAX_SEQ_LEN`, and a lower bound on
     the parameters over :data:`MAX_PARAMS`. Each message gives the parameter count and the
@@ -157,6 +176,11 @@ def size_problems(spec: ModelSpec) -> Iterator[Problem]:
                           f"per stack (txblocks.spec.limits.MAX_LAYERS); the spec implies "
                           f"{implied}")
             return
+    experts = _model_experts(spec)
+    if experts > MAX_MODEL_EXPERTS:
+        yield Problem("layers" if spec.layers else "block.ffn.experts", (
+            f"the model has {experts:,} routed experts over its layers; txblocks builds at most "
+            f"{MAX_MODEL_EXPERTS:,} (txblocks.spec.limits.MAX_MODEL_EXPERTS)"))
     if spec.max_seq_len > MAX_SEQ_LEN:
         yield Problem("max_seq_len", f"{spec.max_seq_len:,} positions; txblocks builds at most "
                       f"{MAX_SEQ_LEN:,} (txblocks.spec.limits.MAX_SEQ_LEN)")
