@@ -254,3 +254,22 @@ def test_the_int8_kernel_computes_x_times_the_dequantized_weight(gen, bias):
         got = fast(x)
     assert got.dtype == x.dtype and got.shape == (3, 7, 40)
     assert (got - want).abs().max() <= 0.01 * want.abs().max()
+
+
+@pytest.mark.parametrize("in_features", [8, 24, 40])
+def test_widths_the_int8_kernel_gets_wrong_stay_with_torchao(gen, in_features):
+    """PyTorch's int8 CPU kernel is off by hundreds (or crashes) when the input width is not
+    a multiple of 16: such layers keep torchao's product, which is right."""
+    linear = nn.Linear(in_features, 32)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(32, in_features, generator=gen))
+    model = nn.Sequential(linear)
+    txblocks.quantize(model, "int8_weight_only")
+    assert not isinstance(model[0], Int8WeightOnlyLinear)
+    x = torch.randn(5, in_features, generator=gen)
+    weight = model[0].weight
+    dequantized = weight.qdata.float() * weight.scale.reshape(-1, 1).float()
+    with torch.no_grad():
+        got = model(x)
+    want = x @ dequantized.T + model[0].bias
+    assert (got - want).abs().max() <= 0.01 * want.abs().max()

@@ -19,6 +19,9 @@ __all__ = ["Int8WeightOnlyLinear", "use_int8_kernel"]
 
 #: The activation dtype of the CPU kernel: float32 activations take a much slower path.
 KERNEL_DTYPE = torch.bfloat16
+#: The kernel gives wrong products (and can crash) unless the input width is a multiple of
+#: this (measured with torch 2.13: widths 8 and 24 are off by hundreds, 16 and 32 exact).
+KERNEL_IN_MULTIPLE = 16
 
 
 def _has_kernel() -> bool:
@@ -55,13 +58,15 @@ class Int8WeightOnlyLinear(nn.Linear):
 def use_int8_kernel(model: nn.Module) -> list[str]:
     """Swap every ``nn.Linear`` whose weight is a torchao ``Int8Tensor`` (weight-only: no
     activation quantization) for an :class:`Int8WeightOnlyLinear`; returns their names.
-    Nothing changes where PyTorch lacks the kernel."""
+    Nothing changes where PyTorch lacks the kernel, nor for a layer whose input width the
+    kernel cannot take (not a multiple of ``KERNEL_IN_MULTIPLE``): torchao runs those."""
     if not _has_kernel():
         return []
     swapped = []
     for name, module in list(model.named_modules()):
         weight = getattr(module, "weight", None)
         if (name and type(module) is nn.Linear and type(weight).__name__ == "Int8Tensor"
+                and module.in_features % KERNEL_IN_MULTIPLE == 0
                 and getattr(weight, "act_quant_kwargs", None) is None
                 and hasattr(weight, "qdata") and weight.qdata.dtype == torch.int8):
             parent_name, _, child = name.rpartition(".")
