@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from txblocks.convert_command import add_convert_parser
 from txblocks.doctor import add_doctor_parser
 from txblocks.errors import (
     BuildError,
@@ -174,11 +175,14 @@ def cmd_validate(args: argparse.Namespace, console: Console) -> int:
 def cmd_summary(args: argparse.Namespace, console: Console) -> int:
     from txblocks.summary import summarize
 
+    problem = device_problem(args.device) if args.device is not None else None
+    if problem:
+        return _say(console, f"--device {args.device}: {problem}")
     status = 0
     for path in args.specs:
         try:
             spec = load_spec(Path(path))
-            summary = summarize(spec, seq_len=args.seq_len)
+            summary = summarize(spec, seq_len=args.seq_len, device=args.device)
         except (SpecError, BuildError) as exc:
             console.print(f"[red]{path}[/]")
             console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
@@ -246,10 +250,25 @@ def _request_problem(args: argparse.Namespace, spec: Any, n_prompt: int) -> str 
     return None
 
 
+def _load_for_generate(checkpoint: str, device: str) -> Any:
+    """A txblocks checkpoint, or a Hugging Face folder (:func:`txblocks.from_pretrained`,
+    which keeps the folder's ``tokenizer.json``)."""
+    from txblocks.checkpoint import CheckpointError, load
+
+    if not Path(checkpoint).is_dir():
+        return load(checkpoint, device=device)
+    from txblocks.hf import HFConversionError, from_pretrained
+
+    try:
+        return from_pretrained(checkpoint, device=device)
+    except HFConversionError as exc:
+        raise CheckpointError(checkpoint, [str(exc)]) from exc
+
+
 def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     import torch
 
-    from txblocks.checkpoint import CheckpointError, load
+    from txblocks.checkpoint import CheckpointError
     from txblocks.quantize import quantize
     from txblocks.tokenizer import TokenizerError, tokenizer_for
 
@@ -264,8 +283,8 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     if problem:
         return _say(console, problem)
     try:
-        tokenizer = tokenizer_for(args.tokenizer)
-        model = load(args.checkpoint, device=args.device)
+        model = _load_for_generate(args.checkpoint, args.device)
+        tokenizer = tokenizer_for(args.tokenizer or getattr(model, "tokenizer_path", None))
     except (CheckpointError, TokenizerError) as exc:
         return _say(console, str(exc))
     ids = tokenizer.encode(args.prompt)
@@ -321,11 +340,14 @@ def parser() -> argparse.ArgumentParser:
     va.set_defaults(run=cmd_validate)
     su = sub.add_parser("summary", help="per-layer table, parameters, FLOPs, memory")
     su.add_argument("specs", nargs="+")
+    su.add_argument("--device", type=device_type, default=None,
+                    help="name the kernel each layer would run on this device (auto → ...)")
     su.add_argument("--seq-len", type=int_range(1), default=128,
                     help="tokens in the measured forward (at most the spec's max_seq_len)")
     su.set_defaults(run=cmd_summary)
     ge = sub.add_parser("generate", help="continue a prompt with a saved model (txblocks.save)")
-    ge.add_argument("checkpoint", help="a .safetensors file written by txblocks.save")
+    ge.add_argument("checkpoint", help="a .safetensors file written by txblocks.save, or a "
+                    "Hugging Face model folder (its tokenizer.json is used unless --tokenizer)")
     ge.add_argument("--prompt", required=True)
     ge.add_argument("--max-new-tokens", type=int_range(1), default=64)
     ge.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -343,6 +365,7 @@ def parser() -> argparse.ArgumentParser:
     ge.set_defaults(run=cmd_generate)
     add_train_parser(sub)
     add_doctor_parser(sub)
+    add_convert_parser(sub)
     sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(run=cmd_schema)
