@@ -18,6 +18,7 @@ from rich.table import Table
 
 from txblocks.convert_command import add_convert_parser
 from txblocks.doctor import add_doctor_parser
+from txblocks.draw_command import add_draw_parser
 from txblocks.errors import (
     BuildError,
     KernelUnavailableError,
@@ -307,7 +308,7 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     settings = {
         "max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample,
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-        "seed": args.seed, "eos_token_id": args.eos,
+        "seed": args.seed, "eos_token_id": args.eos, "compile": args.compile,
     }
     tokens = model.stream(torch.tensor([ids], dtype=torch.long, device=args.device), **settings)
     try:  # the settings are checked before the first token: nothing is printed on refusal
@@ -359,6 +360,9 @@ def parser() -> argparse.ArgumentParser:
                     help="end-of-sequence id (repeatable)")
     ge.add_argument("--tokenizer", help="a Hugging Face tokenizer.json (default: UTF-8 bytes)")
     ge.add_argument("--device", type=device_type, default="cpu", help="cpu, cuda, cuda:N, mps")
+    ge.add_argument("--compile", action="store_true",
+                    help="decode with a compiled static-shape step (decoder models; compiles "
+                    "on the first call, see docs/generation-compiled.md)")
     ge.add_argument("--quantize", metavar="MODE",
                     help="int8 linear layers via torchao (pip install 'txblocks[quant]'): int8 "
                     "(weight-only) or int8-dynamic (int8 activations too)")
@@ -366,6 +370,7 @@ def parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_doctor_parser(sub)
     add_convert_parser(sub)
+    add_draw_parser(sub)
     sc = sub.add_parser("schema", help="JSON Schema of specs for the installed components")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(run=cmd_schema)
