@@ -19,12 +19,15 @@ from txblocks.nn.dims import ModelDims
 from txblocks.nn.embeddings import Embeddings
 from txblocks.nn.model import Seq2SeqModel, TransformerModel, TransformerStack
 from txblocks.nn.vit import PatchEmbedding, VisionTransformer
+from txblocks.nn.width_norm import WidthNorm
 from txblocks.quantize import apply_quantization
 from txblocks.registry import Registry
 from txblocks.spec.checks import dims_of
 from txblocks.spec.io import load_spec
 from txblocks.spec.limits import human_bytes
-from txblocks.spec.models import AttentionSpec, ModelSpec, Seq2SeqSpec, Stack, TextSpec, VitSpec
+from txblocks.spec.models import (
+    AttentionSpec, BlockSpec, ModelSpec, Seq2SeqSpec, Stack, TextSpec, VitSpec,
+)  # fmt: skip
 
 __all__ = ["ModelSize", "build", "build_on_meta", "device_memory", "init_weights", "measure",
            "model_size"]
@@ -43,7 +46,10 @@ def _attention(spec: AttentionSpec, dims: ModelDims, device: torch.device, where
     if spec.softcap is not None:
         _check_softcap(kernel, spec, dims, where)
     q_norm = k_norm = None
-    if spec.qk_norm is not None:
+    if spec.qk_norm is not None and spec.qk_norm_over == "width":  # OLMo 2: all heads at once
+        q_norm = WidthNorm(spec.qk_norm.build(dims.n_heads * dims.head_dim))
+        k_norm = WidthNorm(spec.qk_norm.build(dims.n_kv_heads * dims.head_dim))
+    elif spec.qk_norm is not None:
         q_norm, k_norm = spec.qk_norm.build(dims.head_dim), spec.qk_norm.build(dims.head_dim)
     return Attention(
         dims.d_model, dims.n_heads, dims.n_kv_heads, dims.head_dim, kernel,
@@ -83,28 +89,20 @@ def _where(spec: ModelSpec, index: int, stack: Stack) -> str:
 
 def _stack_blocks(spec: ModelSpec, dims: ModelDims, device: torch.device,
                   stack: Stack) -> tuple[list[TransformerBlock], list[Any]]:
-    """The blocks of one stack and their mask strategies (equal mask specs share one object)."""
-    blocks, strategies = [], {}
-    masks = []
-    for i in range(spec.stacks[stack]):
+    """The blocks of one stack and their mask strategies (equal mask specs share one object).
+
+    Layers that ``share_layers`` joins are one block object, listed once per layer.
+    """
+    blocks: list[TransformerBlock] = []
+    strategies, masks = {}, []
+    n_layers = spec.stacks[stack]
+    for i in range(n_layers):
         block = spec.block_for(i, stack)
-        where = _where(spec, i, stack)
-        cross = norm_cross = None
-        if isinstance(spec, Seq2SeqSpec) and stack == "decoder":
-            cross = _attention(spec.cross_attention_for(i), dims, device, "cross_attention", cross=True)
-            norm_cross = block.norm.build(dims.d_model)
-        blocks.append(
-            TransformerBlock(
-                _attention(block.attention, dims, device, f"{where}.attention"),
-                block.ffn.build(dims.d_model),
-                block.norm.build(dims.d_model),
-                block.norm.build(dims.d_model),
-                layout=block.layout,
-                dropout=block.dropout,
-                cross_attention=cross,
-                norm_cross=norm_cross,
-            )
-        )
+        first = spec.share_layers.first_of(i, n_layers) if spec.share_layers else i
+        if first != i:
+            blocks.append(blocks[first])
+        else:
+            blocks.append(_block(spec, block, dims, device, stack, i))
         key = block.attention.mask.model_dump_json()
         if key not in strategies:
             strategies[key] = block.attention.mask.build()
@@ -112,19 +110,76 @@ def _stack_blocks(spec: ModelSpec, dims: ModelDims, device: torch.device,
     return blocks, masks
 
 
+def _block(spec: ModelSpec, block: BlockSpec, dims: ModelDims, device: torch.device,
+           stack: Stack, i: int) -> TransformerBlock:
+    """Layer ``i`` of ``stack``, its spec ``block``."""
+    where = _where(spec, i, stack)
+    cross = norm_cross = None
+    if isinstance(spec, Seq2SeqSpec) and stack == "decoder":
+        cross = _attention(spec.cross_attention_for(i), dims, device, "cross_attention", cross=True)
+        norm_cross = block.norm.build(dims.d_model)
+
+    def norm(present: bool) -> nn.Module | None:
+        return block.norm.build(dims.d_model) if present else None
+
+    return TransformerBlock(
+        _attention(block.attention, dims, device, f"{where}.attention"),
+        block.ffn.build(dims.d_model),
+        block.norm.build(dims.d_model),
+        norm(not block.shared_norm),
+        layout=block.layout,
+        dropout=block.dropout,
+        cross_attention=cross,
+        norm_cross=norm_cross,
+        post_attention_norm=norm(block.post_attention_norm),
+        post_ffn_norm=norm(block.post_ffn_norm),
+    )
+
+
+def _embedded_width(spec: TextSpec) -> int:
+    """The width of what is summed and normed in the embeddings: the token table's when the
+    projection to d_model comes last, else d_model."""
+    embedding = spec.embedding
+    if embedding.width is not None and embedding.project_at == "end":
+        return embedding.width
+    return spec.d_model
+
+
 def _embeddings(spec: TextSpec, tokens: nn.Embedding | None = None) -> Embeddings:
-    scale = spec.embedding.scale
+    embedding = spec.embedding
+    scale, width = embedding.scale, embedding.width
+    project = None
+    if width is not None:
+        project = nn.Linear(width, spec.d_model, bias=embedding.project_bias)
+    summed = _embedded_width(spec)
     embeddings = Embeddings(
         spec.vocab_size,
-        spec.d_model,
-        token_types=spec.embedding.token_types,
+        spec.d_model if width is None else width,
+        token_types=embedding.token_types,
         scale=spec.d_model**0.5 if scale == "sqrt_d_model" else scale,
-        norm=spec.embedding.norm.build(spec.d_model) if spec.embedding.norm else None,
-        dropout=spec.embedding.dropout,
+        norm=embedding.norm.build(summed) if embedding.norm else None,
+        dropout=embedding.dropout,
+        project=project,
+        project_at=embedding.project_at,
     )
     if tokens is not None:
         embeddings.tokens = tokens
     return embeddings
+
+
+def _position(spec: ModelSpec, dims: ModelDims) -> Any:
+    """The positional scheme; what it adds to the embeddings is as wide as their sum."""
+    if isinstance(spec, TextSpec) and _embedded_width(spec) != dims.d_model:
+        dims = dataclasses.replace(dims, d_model=_embedded_width(spec))
+    return spec.position.build(dims)
+
+
+def _project_out(spec: ModelSpec) -> nn.Linear | None:
+    """OPT-350m's projection of the output back to the token table's width, or None."""
+    if not isinstance(spec, TextSpec) or not spec.embedding.project_out:
+        return None
+    width = spec.embedding.width or spec.d_model
+    return nn.Linear(spec.d_model, width, bias=spec.embedding.project_bias)
 
 
 def _final_norm(spec: ModelSpec) -> nn.Module | None:
@@ -134,7 +189,7 @@ def _final_norm(spec: ModelSpec) -> nn.Module | None:
 def _stack(spec: TextSpec, dims: ModelDims, device: torch.device, stack: Stack,
            tokens: nn.Embedding | None = None) -> TransformerStack:
     blocks, masks = _stack_blocks(spec, dims, device, stack)
-    return TransformerStack(_embeddings(spec, tokens), spec.position.build(dims), blocks, masks,
+    return TransformerStack(_embeddings(spec, tokens), _position(spec, dims), blocks, masks,
                             _final_norm(spec))
 
 
@@ -161,9 +216,13 @@ def _build(spec: ModelSpec, dims: ModelDims, device: torch.device) -> Model:
     stack: Stack = "decoder" if spec.arch == "decoder" else "encoder"
     blocks, masks = _stack_blocks(spec, dims, device, stack)
     embeddings = _embeddings(spec)
-    head = spec.head.build(dims, embeddings.tokens) if spec.head is not None else None
-    return TransformerModel(embeddings, spec.position.build(dims), blocks, masks,
-                            _final_norm(spec), head)
+    project_out = _project_out(spec)
+    head_dims = dims
+    if project_out is not None:
+        head_dims = dataclasses.replace(dims, d_model=project_out.out_features)
+    head = spec.head.build(head_dims, embeddings.tokens) if spec.head is not None else None
+    return TransformerModel(embeddings, _position(spec, dims), blocks, masks,
+                            _final_norm(spec), head, project_out=project_out)
 
 
 def init_weights(model: nn.Module, std: float) -> None:

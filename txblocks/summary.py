@@ -38,8 +38,11 @@ class ModelSummary:
     forward_flops: int
 
 
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _count(module: torch.nn.Module, seen: set[int]) -> int:
+    """Parameters of ``module`` not counted yet (layers that share a block count it once)."""
+    fresh = [p for p in module.parameters() if id(p) not in seen]
+    seen.update(id(p) for p in fresh)
+    return sum(p.numel() for p in fresh)
 
 
 def _describe(config: object) -> str:
@@ -90,6 +93,7 @@ def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | N
 
         chosen = layer_kernels(spec, torch.device(device), seq_len=seq_len)
     rows = []
+    seen: set[int] = set()  # a block shared by several layers (share_layers) counts once
     for stack, blocks in _stacks(model).items():
         for i, block in enumerate(blocks):
             bspec = spec.block_for(i, stack or None)  # type: ignore[arg-type]
@@ -97,7 +101,7 @@ def summarize(spec: ModelSpec, *, seq_len: int = 128, model: torch.nn.Module | N
                 LayerRow(
                     stack, i, bspec.layout,
                     chosen.get(f"{stack} {i}".strip(), bspec.attention.kernel.type),
-                    _describe(bspec.attention.mask), _describe(bspec.ffn), _count(block),
+                    _describe(bspec.attention.mask), _describe(bspec.ffn), _count(block, seen),
                 )
             )
     counter = FlopCounterMode(display=False)

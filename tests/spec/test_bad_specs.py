@@ -119,15 +119,16 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      E("unknown field 'hiden'; allowed fields: activation, bias, dropout, hidden, type; "
        "did you mean 'hidden'?")),
     ("block-field-typo", {"block__layuot": "post_norm"}, "block.layuot",
-     E("unknown field 'layuot'; allowed fields: attention, dropout, ffn, layout, norm; "
-       "did you mean 'layout'?")),
+     E("unknown field 'layuot'; allowed fields: attention, dropout, ffn, layout, norm, "
+       "post_attention_norm, post_ffn_norm, shared_norm; did you mean 'layout'?")),
     ("attention-field-typo", {"block__attention__qkv_baas": False}, "block.attention.qkv_baas",
      E("unknown field 'qkv_baas'") + ".*" + E("did you mean 'qkv_bias'?")),
     ("embedding-field-typo", {"embedding": {"dropuot": 0.1}}, "embedding.dropuot",
      E("unknown field 'dropuot'") + ".*" + E("did you mean 'dropout'?")),
     ("override-field-typo", {"layers": [{"select": "odd", "atention": {"bias": False}}]},
      "layers[0].atention",
-     E("unknown field 'atention'; allowed fields: attention, dropout, ffn, layout, norm, select, stack; "
+     E("unknown field 'atention'; allowed fields: attention, dropout, ffn, layout, norm, "
+       "post_attention_norm, post_ffn_norm, select, shared_norm, stack; "
        "did you mean 'attention'?")),
     ("position-field-typo", {"position": {"type": "rope", "theeta": 1e4}}, "position.theeta",
      E("unknown field 'theeta'") + ".*" + E("did you mean 'theta'?")),
@@ -234,7 +235,8 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      E("got 1.0; expected 'all', 'odd', 'even'")),
     # --- literals ----------------------------------------------------------------------------
     ("layout-literal", {"block__layout": "prenorm"}, "block.layout",
-     E("got 'prenorm'; allowed: 'pre_norm', 'post_norm' or 'parallel'; did you mean 'pre_norm'?")),
+     E("got 'prenorm'; allowed: 'pre_norm', 'post_norm', 'parallel' or 'reordered_norm'; "
+       "did you mean 'pre_norm'?")),
     ("override-layout-literal", {"layers": [{"select": 0, "layout": "postnorm"}]},
      "layers[0].layout", E("got 'postnorm'") + ".*" + E("did you mean 'post_norm'?")),
     ("pooling-literal", {"head": {"type": "classifier", "n_classes": 3, "pooling": "max"}},

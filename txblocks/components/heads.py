@@ -20,6 +20,9 @@ class LMHeadConfig(ComponentConfig):
     scale: float | Literal["rsqrt_d_model"] | None = Field(
         None, description="Multiply hidden states first; T5 uses rsqrt_d_model with tied embeddings."
     )
+    final_softcap: float | None = Field(
+        None, gt=0, description="Soft-cap the logits: c·tanh(logits / c) (Gemma 2: 30)."
+    )
 
 
 class MLMHeadConfig(ComponentConfig):
@@ -48,21 +51,29 @@ class TokenClassifierConfig(ComponentConfig):
 
 
 def lm(dims: ModelDims, embedding: nn.Embedding, config: LMHeadConfig) -> LMHead:
-    """Vocabulary logits, optionally tied to the token embeddings."""
+    """Vocabulary logits, optionally tied to the token embeddings (and soft-capped).
+
+    ``dims.d_model`` is the width of the hidden states the head reads (the token table's,
+    with ``embedding.project_out``).
+    """
     tied = embedding if config.tie_embeddings else None
     scale = dims.d_model**-0.5 if config.scale == "rsqrt_d_model" else config.scale
-    return LMHead(dims.d_model, dims.vocab_size, bias=config.bias, tied=tied, scale=scale)
+    return LMHead(dims.d_model, dims.vocab_size, bias=config.bias, tied=tied, scale=scale,
+                  final_softcap=config.final_softcap)
 
 
 def mlm(dims: ModelDims, embedding: nn.Embedding, config: MLMHeadConfig) -> MLMHead:
-    """BERT's masked-LM head."""
+    """BERT's masked-LM head; its dense layer maps to the token table's width (ALBERT,
+    ELECTRA: ``embedding.width``), which the norm and the projection read."""
+    width = embedding.embedding_dim if embedding is not None else dims.d_model
     return MLMHead(
         dims.d_model,
         dims.vocab_size,
         config.activation.build(),
-        config.norm.build(dims.d_model),
+        config.norm.build(width),
         bias=config.bias,
         tied=embedding if config.tie_embeddings else None,
+        width=width,
     )
 
 

@@ -175,16 +175,21 @@ class AlibiConfig(ComponentConfig):
 
 
 class RelativeBiasConfig(ComponentConfig):
-    """T5's learned, bucketed relative position bias, one table per stack (Raffel et al. 2020).
+    """T5's learned, bucketed relative position bias (Raffel et al. 2020), one table per stack,
+    or one per layer (UMT5, Chung et al. 2023).
 
     Attributes:
         num_buckets: rows of the table; half hold exact distances, half logarithmic ones
             (halved again per direction when the attention is bidirectional).
         max_distance: distance from which all positions share the last bucket.
+        per_layer: one table for each layer of a stack instead of one for the stack.
     """
 
     num_buckets: int = Field(32, ge=4, description="buckets of the table (T5: 32)")
     max_distance: int = Field(128, ge=1, description="distance of the last bucket (T5: 128)")
+    per_layer: bool = Field(
+        False, description="one table per layer (UMT5) instead of one per stack (T5)"
+    )
 
     @model_validator(mode="after")
     def _spans(self) -> RelativeBiasConfig:
@@ -251,12 +256,14 @@ def _alibi(dims: ModelDims, config: AlibiConfig) -> ALiBi:
 
 
 def _relative_bias(dims: ModelDims, config: RelativeBiasConfig) -> RelativePositionBias:
-    """T5's learned, bucketed relative position bias, one table per stack (Raffel et al. 2020)."""
+    """T5's learned, bucketed relative position bias, one table per stack (Raffel et al. 2020)
+    or per layer (``dims.n_layers`` tables: UMT5)."""
     return RelativePositionBias(
         dims.n_heads,
         num_buckets=config.num_buckets,
         max_distance=config.max_distance,
         init_std=dims.d_model**-0.5,
+        layers=dims.n_layers if config.per_layer else None,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,8 @@ from txblocks.attention.mask import AttentionMask
 from txblocks.nn.attention import Attention, Rotate
 from txblocks.nn.cache import CrossCache, LayerCache
 
-Layout = Literal["pre_norm", "post_norm", "parallel"]
+Layout = Literal["pre_norm", "post_norm", "parallel", "reordered_norm"]
+LAYOUTS = ("pre_norm", "post_norm", "parallel", "reordered_norm")
 
 
 def split_aux(result: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -27,33 +28,53 @@ class TransformerBlock(nn.Module):
 
     * ``pre_norm`` (GPT-2, Llama, T5): x + f(norm(x)).
     * ``post_norm`` (Vaswani et al. 2017, BERT, BART): norm(x + f(x)).
-    * ``parallel`` (GPT-J, GPT-NeoX): x + attn(norm1(x)) + ffn(norm2(x)).
+    * ``parallel`` (GPT-J, GPT-NeoX): x + attn(norm1(x)) + ffn(norm2(x)); without ``norm2``
+      one norm feeds both branches, x + attn(h) + ffn(h) with h = norm1(x) (GPT-J, Phi,
+      Falcon-7B).
+    * ``reordered_norm`` (OLMo 2; Team OLMo 2024, "2 OLMo 2 Furious"): x + norm(f(x)), the
+      norms on the branch outputs only.
+
+    ``post_attention_norm`` / ``post_ffn_norm`` norm a branch's output before the residual
+    add, x + post(f(norm(x))) in ``pre_norm`` (Gemma 2's sandwich norms; Gemma Team 2024,
+    "Gemma 2: Improving Open Language Models at a Practical Size"); cross-attention has none.
 
     Args:
         attention: the self-attention layer.
         ffn: a module (B, T, C) -> (B, T, C) or ((B, T, C), aux_loss).
-        norm1, norm2: norms around attention and ffn.
-        layout: one of the three above.
+        norm1, norm2: norms around attention and ffn; ``norm2`` None: the ``parallel``
+            layout's one shared norm.
+        layout: one of the four above.
         dropout: residual dropout on each branch output.
         cross_attention, norm_cross: decoder blocks of encoder–decoder models attend
             to the encoder output between self-attention and ffn.
+        post_attention_norm, post_ffn_norm: norms of the attention and ffn outputs, or None.
     """
 
-    def __init__(self, attention: Attention, ffn: nn.Module, norm1: nn.Module, norm2: nn.Module,
-                 *, layout: Layout = "pre_norm", dropout: float = 0.0,
-                 cross_attention: Attention | None = None, norm_cross: nn.Module | None = None) -> None:
+    def __init__(self, attention: Attention, ffn: nn.Module, norm1: nn.Module,
+                 norm2: nn.Module | None, *, layout: Layout = "pre_norm", dropout: float = 0.0,
+                 cross_attention: Attention | None = None, norm_cross: nn.Module | None = None,
+                 post_attention_norm: nn.Module | None = None,
+                 post_ffn_norm: nn.Module | None = None) -> None:
         super().__init__()
-        if layout not in ("pre_norm", "post_norm", "parallel"):
-            raise ValueError(f"unknown layout {layout!r}; allowed: pre_norm, post_norm, parallel")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
         if (cross_attention is None) != (norm_cross is None):
             raise ValueError("cross_attention and norm_cross go together")
         if cross_attention is not None and layout == "parallel":
             raise ValueError("the parallel layout has no place for cross-attention")
+        if norm2 is None and layout != "parallel":
+            raise ValueError(f"norm2 is None (one shared norm), which only the parallel layout "
+                             f"has; layout is {layout!r}")
+        if layout == "reordered_norm" and (post_attention_norm is not None
+                                        or post_ffn_norm is not None):
+            raise ValueError("the reordered_norm layout norms each branch output already: "
+                             "give it no post_attention_norm / post_ffn_norm")
         self.attention, self.ffn = attention, ffn
         # An ffn that routes tokens (MoE) may take the padding mask to leave pads out of its losses.
         self.ffn_takes_mask = "token_mask" in inspect.signature(ffn.forward).parameters
         self.norm1, self.norm2 = norm1, norm2
         self.cross_attention, self.norm_cross = cross_attention, norm_cross
+        self.post_attention_norm, self.post_ffn_norm = post_attention_norm, post_ffn_norm
         self.layout = layout
         self.dropout = nn.Dropout(dropout)
 
@@ -81,18 +102,23 @@ class TransformerBlock(nn.Module):
                 return split_aux(self.ffn(h, token_mask=token_mask))
             return split_aux(self.ffn(h))
 
+        def post(norm: nn.Module | None, h: Tensor) -> Tensor:
+            return h if norm is None else norm(h)
+
         if self.layout == "parallel":
-            out, aux = run_ffn(self.norm2(x))
-            return x + drop(self.attention(self.norm1(x), mask, rotate, cache=cache)) + drop(out), aux
-        pre = self.layout == "pre_norm"
-        steps = [(self.norm1, lambda h: self.attention(h, mask, rotate, cache=cache))]
+            h = self.norm1(x)
+            out, aux = run_ffn(h if self.norm2 is None else self.norm2(x))
+            attended = self.attention(h, mask, rotate, cache=cache)
+            return x + drop(post(self.post_attention_norm, attended)) \
+                + drop(post(self.post_ffn_norm, out)), aux
+        steps = [(self.norm1, lambda h: self.attention(h, mask, rotate, cache=cache),
+                  self.post_attention_norm)]
         if self.cross_attention is not None and self.norm_cross is not None:
             if context is None or context_mask is None:
                 raise ValueError("this block cross-attends: pass context and context_mask")
             cross = self.cross_attention
-            steps.append(
-                (self.norm_cross, lambda h: cross(h, context_mask, context=context, cache=cross_cache))
-            )
+            steps.append((self.norm_cross,
+                          lambda h: cross(h, context_mask, context=context, cache=cross_cache), None))
         aux: Tensor | None = None
 
         def ffn(h: Tensor) -> Tensor:
@@ -100,9 +126,15 @@ class TransformerBlock(nn.Module):
             out, aux = run_ffn(h)
             return out
 
-        steps.append((self.norm2, ffn))
-        for norm, f in steps:
-            x = x + drop(f(norm(x))) if pre else norm(x + drop(f(x)))
+        norm2 = cast(nn.Module, self.norm2)  # None in the parallel layout only (see __init__)
+        steps.append((norm2, ffn, self.post_ffn_norm))
+        for norm, f, after in steps:
+            if self.layout == "pre_norm":
+                x = x + drop(post(after, f(norm(x))))
+            elif self.layout == "post_norm":
+                x = norm(x + drop(post(after, f(x))))
+            else:  # reordered_norm
+                x = x + drop(norm(f(x)))
         return x, aux
 
 

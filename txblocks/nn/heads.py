@@ -11,32 +11,52 @@ Pooling = Literal["cls", "mean", "last"]
 
 
 class LMHead(nn.Module):
-    """Projects hidden states to vocabulary logits; ``weight`` may be the embedding's."""
+    """Projects hidden states to vocabulary logits; ``weight`` may be the embedding's.
+
+    Args:
+        dim, vocab_size: C and V.
+        bias: a bias on the projection.
+        tied: share this embedding's (V, C) table as the projection's weight.
+        scale: multiply the hidden states first (T5: d_model ** -0.5).
+        final_softcap: soft-cap the logits, ``c · tanh(logits / c)`` (Gemma 2: 30; Gemma
+            Team 2024), or None.
+    """
 
     def __init__(self, dim: int, vocab_size: int, *, bias: bool = False,
-                 tied: nn.Embedding | None = None, scale: float | None = None) -> None:
+                 tied: nn.Embedding | None = None, scale: float | None = None,
+                 final_softcap: float | None = None) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, vocab_size, bias=bias)
         if tied is not None:
             self.proj.weight = tied.weight
         self.scale = scale
+        self.final_softcap = final_softcap
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         if self.scale is not None:
             hidden = hidden * self.scale
-        return self.proj(hidden)  # (B, T, C) -> (B, T, V)
+        logits = self.proj(hidden)  # (B, T, C) -> (B, T, V)
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
 
 
 class MLMHead(nn.Module):
-    """BERT's masked-LM head: dense -> activation -> norm -> vocabulary projection."""
+    """BERT's masked-LM head: dense -> activation -> norm -> vocabulary projection.
+
+    ``width`` (default C) is the width after ``dense``: ALBERT's and ELECTRA's heads map the
+    hidden states to the token table's width E, which ``norm`` and the projection read.
+    """
 
     def __init__(self, dim: int, vocab_size: int, activation: nn.Module, norm: nn.Module, *,
-                 bias: bool = True, tied: nn.Embedding | None = None) -> None:
+                 bias: bool = True, tied: nn.Embedding | None = None,
+                 width: int | None = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(dim, dim)
+        width = dim if width is None else width
+        self.dense = nn.Linear(dim, width)
         self.act = activation
         self.norm = norm
-        self.decoder = LMHead(dim, vocab_size, bias=bias, tied=tied)
+        self.decoder = LMHead(width, vocab_size, bias=bias, tied=tied)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.decoder(self.norm(self.act(self.dense(hidden))))

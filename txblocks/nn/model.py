@@ -103,11 +103,19 @@ class TransformerStack(nn.Module):
         blocks: the blocks, in order.
         masks: one mask strategy per block (layers may differ: local/global stacks).
         final_norm: a norm after the last block, or None.
+        project_out: a linear layer after the final norm (OPT-350m's projection back to the
+            token table's width), or None.
+
+    One block may appear several times in ``blocks``: those layers share its parameters
+    (ALBERT), each with its own mask and cache entry. A positional scheme whose ``per_layer``
+    attribute is true (UMT5's relative bias) is asked for each layer's attention bias with
+    ``attention_bias(..., layer=i)``.
     """
 
     def __init__(self, embeddings: Embeddings | None, position: PositionalScheme,
                  blocks: list[TransformerBlock], masks: list[MaskStrategy],
-                 final_norm: nn.Module | None = None) -> None:
+                 final_norm: nn.Module | None = None, *,
+                 project_out: nn.Module | None = None) -> None:
         super().__init__()
         if len(masks) != len(blocks):
             raise ValueError(f"got {len(masks)} mask strategies for {len(blocks)} blocks")
@@ -116,6 +124,7 @@ class TransformerStack(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.masks = list(masks)
         self.final_norm = final_norm
+        self.project_out = project_out
         self._cross = FullStrategy()
         #: Most positions (cached + new) a call may reach; None = no limit. Models built
         #: from a spec take its ``max_seq_len`` (see :func:`context_limit`).
@@ -178,16 +187,19 @@ class TransformerStack(nn.Module):
         if padding is None and attention_mask is not None:
             padding = attention_mask.bool()
         position = cache.position if cache is not None else 0
-        built: dict[tuple[int, int, int], AttentionMask] = {}
+        per_layer = bool(getattr(self.position, "per_layer", False))
+        built: dict[tuple[int, int, int, int], AttentionMask] = {}
         out = []
         for i, strategy in enumerate(self.masks):
             start, keys = cache.layers[i].span(position, length) if cache is not None else (0, length)
-            key = (id(strategy), start, keys)
+            key = (id(strategy), start, keys, i if per_layer else -1)
             if key not in built:
                 offset = position - start
                 key_padding = padding[:, start:start + keys] if padding is not None else None
                 mask = strategy(length, keys, key_padding=key_padding, q_offset=offset, **mask_inputs)
-                bias = self.position.attention_bias(length, keys, offset, strategy.causal, device, dtype)
+                layer = {"layer": i} if per_layer else {}
+                bias = self.position.attention_bias(length, keys, offset, strategy.causal, device,
+                                                    dtype, **layer)
                 built[key] = mask.with_bias(bias) if bias is not None else mask
             out.append(built[key])
         return out
@@ -335,6 +347,8 @@ class TransformerStack(nn.Module):
             cache.position += length
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if self.project_out is not None:
+            x = self.project_out(x)
         return x, sum_aux(aux_losses, x)
 
 
@@ -343,8 +357,9 @@ class TransformerModel(TransformerStack):
 
     def __init__(self, embeddings: Embeddings, position: PositionalScheme,
                  blocks: list[TransformerBlock], masks: list[MaskStrategy],
-                 final_norm: nn.Module | None = None, head: nn.Module | None = None) -> None:
-        super().__init__(embeddings, position, blocks, masks, final_norm)
+                 final_norm: nn.Module | None = None, head: nn.Module | None = None, *,
+                 project_out: nn.Module | None = None) -> None:
+        super().__init__(embeddings, position, blocks, masks, final_norm, project_out=project_out)
         self.head = head
         self.spec: Any = None  # the spec it was built from, set by txblocks.build
 

@@ -22,6 +22,7 @@ __all__ = [
     "LayerOverride",
     "ModelSpec",
     "Seq2SeqSpec",
+    "ShareLayers",
     "TextSpec",
     "VitSpec",
 ]
@@ -29,7 +30,7 @@ __all__ = [
 # Strict: `d_model: true` or `"32"` is a mistake to report, not a 1 or a 32 to guess.
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
-Layout = Literal["pre_norm", "post_norm", "parallel"]
+Layout = Literal["pre_norm", "post_norm", "parallel", "reordered_norm"]
 
 
 class SpecModel(BaseModel):
@@ -50,6 +51,25 @@ class EmbeddingSpec(SpecModel):
     token_types: int = Field(0, ge=0, description="Segment vocabulary (BERT: 2); 0 = none.")
     norm: Slot["norm"] | None = Field(None, description="Norm after embedding (BERT, BART).")
     dropout: Probability = Field(0.0, description="Dropout on the summed embeddings.")
+    width: PositiveInt | None = Field(
+        None,
+        description="Width of the token table when it is not d_model, with a linear projection "
+        "to d_model (ALBERT, ELECTRA-small, OPT-350m); null: d_model wide, no projection.",
+    )
+    project_at: Literal["end", "tokens"] = Field(
+        "end",
+        description="With width: where the projection to d_model is. end: last, so segments, "
+        "positions added to the embeddings and the norm are width wide (ALBERT, ELECTRA); "
+        "tokens: right after the token table (and scale), the rest d_model wide (OPT-350m).",
+    )
+    project_bias: bool = Field(
+        True, description="With width: a bias on the projections (ALBERT, ELECTRA; not OPT-350m)."
+    )
+    project_out: bool = Field(
+        False,
+        description="With width: project the last hidden states (after the final norm) back to "
+        "width, as OPT-350m's project_out; the output and the head are then width wide.",
+    )
 
 
 class AttentionSpec(SpecModel):
@@ -64,6 +84,12 @@ class AttentionSpec(SpecModel):
     out_bias: bool | None = Field(None, description="Override `bias` for the output projection.")
     fused_qkv: bool = Field(True, description="One matrix for q, k and v.")
     qk_norm: Slot["norm"] | None = Field(None, description="Norm applied per head to q and k.")
+    qk_norm_over: Literal["heads", "width"] = Field(
+        "heads",
+        description="What qk_norm normalizes: heads, each head of q and k over head_dim (Qwen3, "
+        "OLMo); width, all of q over n_heads·head_dim and all of k over n_kv_heads·head_dim, "
+        "before the split into heads (OLMo 2).",
+    )
     softcap: float | None = Field(None, gt=0, description="Logit soft-capping c·tanh(s/c) (Gemma 2).")
     scale: float | None = Field(None, gt=0, description="Score scale; default head_dim ** -0.5.")
     dropout: Probability = Field(0.0, description="Dropout on attention probabilities.")
@@ -74,13 +100,27 @@ class BlockSpec(SpecModel):
 
     layout: Layout = Field(
         "pre_norm",
-        description="pre_norm (GPT-2, Llama), post_norm (original Transformer, BERT), "
-        "parallel attention + ffn (GPT-J, GPT-NeoX).",
+        description="pre_norm x + f(norm(x)) (GPT-2, Llama), post_norm norm(x + f(x)) (original "
+        "Transformer, BERT), parallel x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX), "
+        "reordered_norm x + norm(f(x)) (OLMo 2).",
     )
     norm: Slot["norm"] = Field("layernorm", description="The block's norms.")
     attention: AttentionSpec = Field(default_factory=AttentionSpec)
     ffn: Slot["ffn"] = Field("mlp", description="Feed-forward network (dense or MoE).")
     dropout: Probability = Field(0.0, description="Dropout on each residual branch.")
+    shared_norm: bool = Field(
+        False,
+        description="parallel layout only: one norm feeds attention and ffn, "
+        "x + attn(norm(x)) + ffn(norm(x)) (GPT-J, Phi, Falcon-7B).",
+    )
+    post_attention_norm: bool = Field(
+        False,
+        description="A norm (block.norm) on the attention output before the residual add: "
+        "Gemma 2's sandwich norms, with post_ffn_norm.",
+    )
+    post_ffn_norm: bool = Field(
+        False, description="A norm (block.norm) on the ffn output before the residual add (Gemma 2)."
+    )
 
 
 def _partial(model: type[SpecModel], name: str) -> type[SpecModel]:
@@ -167,6 +207,9 @@ class LayerOverride(SpecModel):
     attention: AttentionOverride | None = None  # type: ignore[valid-type]
     ffn: Slot["ffn"] | None = None
     dropout: Probability | None = None
+    shared_norm: bool | None = None
+    post_attention_norm: bool | None = None
+    post_ffn_norm: bool | None = None
 
     def out_of_range(self, n_layers: int) -> str | None:
         """Why the selection does not fit ``n_layers`` layers, or None when it does."""
@@ -201,6 +244,28 @@ class LayerOverride(SpecModel):
 
 Stack = Literal["encoder", "decoder"]
 
+#: The block fields a layer override may set besides ``attention``.
+OVERRIDDEN = ("layout", "norm", "ffn", "dropout", "shared_norm", "post_attention_norm",
+              "post_ffn_norm")
+
+
+class ShareLayers(SpecModel):
+    """Layers that share their parameters (ALBERT, Lan et al. 2020, §3.1).
+
+    Each stack is cut into ``groups`` runs of ``n_layers / groups`` consecutive layers; the
+    layers of a run are one block, applied again and again (each keeps its own mask and
+    cache entry). ``groups: 1``: one block for the whole stack.
+    """
+
+    groups: PositiveInt = Field(
+        1, description="Runs of consecutive layers sharing one block; must divide n_layers."
+    )
+
+    def first_of(self, index: int, n_layers: int) -> int:
+        """The layer whose block layer ``index`` reuses (itself when it starts a run)."""
+        size = n_layers // self.groups
+        return index - index % size
+
 
 class ModelSpec(SpecModel):
     """Fields shared by every architecture."""
@@ -220,6 +285,11 @@ class ModelSpec(SpecModel):
     block: BlockSpec = Field(default_factory=BlockSpec)
     layers: list[LayerOverride] = Field(
         default_factory=list, description="Per-layer overrides, applied in order."
+    )
+    share_layers: ShareLayers | None = Field(
+        None,
+        description="Share parameters across layers: {groups: 1} runs one block n_layers times "
+        "(ALBERT); null: every layer its own.",
     )
     final_norm: bool | None = Field(
         None, description="Norm after the last block; default on unless layout is post_norm."
@@ -269,7 +339,7 @@ class ModelSpec(SpecModel):
                 continue
             changes = {
                 k: getattr(override, k)
-                for k in ("layout", "norm", "ffn", "dropout")
+                for k in OVERRIDDEN
                 if getattr(override, k) is not None
             }
             if override.attention is not None:

@@ -67,7 +67,10 @@ class RelativePositionBias(PositionalScheme):
     The score of query ``i`` (at key position ``q_offset + i``) and key ``j`` gets
     ``table[bucket(j - (q_offset + i)), h]`` (Raffel et al. 2020, §2.1; buckets from
     :func:`relative_position_bucket`). Buckets are bidirectional unless the attention
-    is causal (T5's decoder). One table serves every layer of a stack.
+    is causal (T5's decoder). One table serves every layer of a stack, or, with ``layers``,
+    each layer has its own (UMT5, Chung et al. 2023): ``relative_attention_bias`` is then a
+    list of tables, and :attr:`per_layer` tells the stack to ask for each layer's bias with
+    ``attention_bias(..., layer=i)``.
 
     Shapes: H heads, Tq query length, Tk key length.
 
@@ -76,6 +79,7 @@ class RelativePositionBias(PositionalScheme):
         num_buckets: rows of the table (32 in T5).
         max_distance: distance from which all positions share a bucket (128 in T5).
         init_std: standard deviation of the initial table (T5 uses ``d_model ** -0.5``).
+        layers: one table for each of this many layers; None: one table for the stack.
     """
 
     def __init__(
@@ -85,18 +89,31 @@ class RelativePositionBias(PositionalScheme):
         num_buckets: int = 32,
         max_distance: int = 128,
         init_std: float = 0.02,
+        layers: int | None = None,
     ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.init_std = init_std
-        self.relative_attention_bias = nn.Embedding(num_buckets, n_heads)  # HF T5's name
+        #: Whether each layer has its own table (its bias is asked for with ``layer=``).
+        self.per_layer = layers is not None
+        self.relative_attention_bias: nn.Module  # HF T5's name
+        if layers is None:
+            self.relative_attention_bias = nn.Embedding(num_buckets, n_heads)
+        else:
+            self.relative_attention_bias = nn.ModuleList(
+                nn.Embedding(num_buckets, n_heads) for _ in range(layers))
         self.reset_parameters()
 
+    def _tables(self) -> list[nn.Embedding]:
+        table = self.relative_attention_bias
+        return list(table) if isinstance(table, nn.ModuleList) else [table]  # type: ignore[list-item]
+
     def reset_parameters(self) -> None:
-        """Draw the table from N(0, init_std²)."""
-        nn.init.normal_(self.relative_attention_bias.weight, mean=0.0, std=self.init_std)
+        """Draw the table(s) from N(0, init_std²)."""
+        for table in self._tables():
+            nn.init.normal_(table.weight, mean=0.0, std=self.init_std)
 
     def buckets(
         self, q_len: int, k_len: int, q_offset: int, causal: bool, device: torch.device
@@ -119,11 +136,27 @@ class RelativePositionBias(PositionalScheme):
         causal: bool,
         device: torch.device,
         dtype: torch.dtype,
+        layer: int | None = None,
     ) -> Tensor:
-        """Additive bias ``(1, H, Tq, Tk)`` in ``dtype``, differentiable in the table."""
+        """Additive bias ``(1, H, Tq, Tk)`` in ``dtype``, differentiable in the table: the
+        stack's table, or (per layer) the table of ``layer``.
+
+        Raises:
+            ValueError: a per-layer scheme asked without ``layer``, or for a layer it has no
+                table for.
+        """
+        tables = self._tables()
+        if self.per_layer:
+            if layer is None or not 0 <= layer < len(tables):
+                raise ValueError(f"this relative bias has one table per layer ({len(tables)}): "
+                                 f"pass layer=0..{len(tables) - 1}, got {layer!r}")
+            table = tables[layer]
+        else:
+            table = tables[0]
         buckets = self.buckets(q_len, k_len, q_offset, causal, device)  # (Tq, Tk)
-        values = self.relative_attention_bias(buckets)  # (Tq, Tk, H)
+        values = table(buckets)  # (Tq, Tk, H)
         return values.permute(2, 0, 1).unsqueeze(0).to(dtype)
 
     def extra_repr(self) -> str:
-        return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}"
+        layers = f", layers={len(self._tables())}" if self.per_layer else ""
+        return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}{layers}"
