@@ -10,7 +10,7 @@ TORCH  := torch==2.13.0
 # not installed: it is a starting point to copy (`txblocks new-plugin NAME`).
 PLUGINS := $(wildcard plugins/txblocks-*)
 
-.PHONY: run test test-cuda install install-cuda schema bench clean
+.PHONY: run test test-cuda install install-cuda schema bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/build.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/attention_scaling.py
+
+# The documentation site into site/: the guides, the README, an API reference from the
+# docstrings, and pages generated from the live registry (spec reference, component catalogue,
+# every example spec with its `txblocks draw` diagram; docs/gen/pages.py). --strict: a broken
+# link, anchor or reference fails. tests/test_docs_site.py runs the same build.
+docs: $(STAMP)
+	$(PIP) install --quiet --disable-pip-version-check -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict
 
 schema: $(STAMP)
 	TXBLOCKS_DISABLE_PLUGIN_AUTOLOAD=1 $(VENV)/bin/txblocks schema -o schemas/model.schema.json

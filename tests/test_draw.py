@@ -58,7 +58,8 @@ def check_syntax(text: str) -> set[str]:
 def subgraph(text: str, node_id: str) -> str:
     """The lines of subgraph ``node_id``, nested subgraphs included."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith(f"subgraph {node_id}["))
+    start = next(i for i, line in enumerate(lines)
+                 if line.strip().startswith(f"subgraph {node_id}["))
     depth = 0
     for i in range(start, len(lines)):
         stripped = lines[i].strip()

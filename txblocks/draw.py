@@ -70,7 +70,9 @@ def _format(value: Any) -> str:
         return "{" + ", ".join(f"{k} {_format(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_format(v) for v in value) + "]"
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if value is None:
+        return "null"
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _layers_label(layers: tuple[int, ...]) -> str:
@@ -138,7 +140,8 @@ class _Group:
         self.chart.add("end")
 
 
-def _attention_label(title: str, attention: AttentionSpec, spec: ModelSpec, mask: bool = True) -> str:
+def _attention_label(title: str, attention: AttentionSpec, spec: ModelSpec,
+                     mask: bool = True) -> str:
     heads = f"{spec.n_heads} heads" + (
         f", {spec.kv_heads} kv heads" if spec.kv_heads != spec.n_heads else "")
     lines = [title, f"kernel: {component(attention.kernel)}"]
@@ -187,7 +190,8 @@ def _stack(chart: _Chart, spec: ModelSpec, stack: str, groups: list[LayerGroup],
            position_targets: list[str]) -> tuple[str, list[str]]:
     """Draw a stack and its groups; return its id and its cross-attention node ids."""
     crosses: list[str] = []
-    with chart.subgraph(stack, f"{stack}: {spec.stacks[stack]} layers") as stack_id:  # type: ignore[arg-type]
+    n_layers = spec.stacks[stack]  # type: ignore[index]
+    with chart.subgraph(stack, f"{stack}: {n_layers} layers") as stack_id:
         ids = []
         for g, group in enumerate(groups):
             label = f"{_layers_label(group.layers)} · {group.block.layout}"
@@ -260,10 +264,13 @@ def mermaid(spec: ModelSpec) -> str:
         embeds["encoder"], entries["encoder"] = _vit_embeddings(chart, spec)
     else:
         for stack in spec.stacks:
-            inputs = "decoder_input_ids" if stack == "decoder" and len(spec.stacks) > 1 else "input_ids"
-            prefix = stack if len(spec.stacks) > 1 else "tokens"
+            two = len(spec.stacks) > 1
+            inputs = "decoder_input_ids" if stack == "decoder" and two else "input_ids"
+            prefix = stack if two else "tokens"
             embeds[stack], entries[stack] = _embeddings(chart, spec, prefix, inputs)
-    pos = chart.node("position", f"position: {component(spec.position)}", "([])") if role != "none" else ""
+    pos = ""
+    if role != "none":
+        pos = chart.node("position", f"position: {component(spec.position)}", "([])")
     if role == "added":
         for embed in embeds.values():
             chart.edge(pos, embed, "added", dotted=True)
@@ -275,7 +282,8 @@ def mermaid(spec: ModelSpec) -> str:
         chart.edge(entries[stack], stack_id)
         outputs[stack] = stack_id
         if spec.use_final_norm:
-            outputs[stack] = chart.node(f"{stack}_final_norm", f"final norm: {component(spec.block.norm)}")
+            outputs[stack] = chart.node(f"{stack}_final_norm",
+                                        f"final norm: {component(spec.block.norm)}")
             chart.edge(stack_id, outputs[stack])
     if pos and role != "added":
         for target in targets:
