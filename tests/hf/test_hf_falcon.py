@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import txblocks
 from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
 
 from .conftest import DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed
@@ -38,13 +39,16 @@ CASES = {
     "sequential-base-mha-relu": falcon("FalconModel", parallel_attn=False, multi_query=False,
                                        activation="relu", bias=True),
 }  # fmt: skip
-ONE_NORM = falcon("FalconForCausalLM", **NEW, num_ln_in_parallel_attn=1)  # Falcon2-11B's layout
+CASES["new-arch-one-norm"] = falcon("FalconForCausalLM", **NEW, num_ln_in_parallel_attn=1)
+# the old layout without multi-query: parallel, one norm, as many kv heads as heads; to_hf
+# gives the new architecture with one norm (same names, weights and numbers)
+OLD_MHA = falcon("FalconModel", multi_query=False, num_kv_heads=6)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("case", [*CASES, "new-arch-one-norm"])
+@pytest.mark.parametrize("case", [*CASES, "old-mha"])
 def test_same_numbers(case: str, side: str) -> None:
-    decoder_parity(perturbed(CASES.get(case, ONE_NORM)), side)
+    decoder_parity(perturbed(CASES.get(case, OLD_MHA)), side)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -52,16 +56,21 @@ def test_round_trip(case: str) -> None:
     decoder_round_trip(perturbed(CASES[case]))
 
 
-def test_one_norm_comes_back_as_two_equal_norms() -> None:
-    """The spec cannot say that the two norms are one: to_hf gives ``ln_attn`` and ``ln_mlp``."""
-    hf = perturbed(ONE_NORM)
-    back = to_hf(from_hf(hf))
-    layer, source = back.transformer.h[1], hf.transformer.h[1]
-    torch.testing.assert_close(layer.ln_attn.weight, source.input_layernorm.weight)
-    torch.testing.assert_close(layer.ln_mlp.weight, source.input_layernorm.weight)
+def test_one_norm_comes_back_as_one_norm() -> None:
+    """Falcon2-11B's layout (new architecture, ``num_ln_in_parallel_attn: 1``) is the parallel
+    layout with ``shared_norm``, and comes back with its one ``input_layernorm``."""
+    hf = perturbed(CASES["new-arch-one-norm"])
+    model = from_hf(hf)
+    assert model.spec.block.shared_norm and model.blocks[0].norm2 is None
+    back = to_hf(model)
+    assert (back.config.new_decoder_architecture, back.config.num_ln_in_parallel_attn) == (True, 1)
+    old = to_hf(from_hf(perturbed(OLD_MHA)))
+    assert old.config.num_ln_in_parallel_attn == 1 and old.config.num_kv_heads == 6
     inputs = padded_batch("right")
     with torch.no_grad():
-        torch.testing.assert_close(back(**inputs).logits, hf(**inputs).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(old(**inputs).last_hidden_state,
+                                   perturbed(OLD_MHA)(**inputs).last_hidden_state,
+                                   rtol=0, atol=1e-5)  # fmt: skip
 
 
 @pytest.mark.parametrize("case", ["7b", "new-arch"])
@@ -77,7 +86,7 @@ def test_positions_matter() -> None:
 
 def test_layouts() -> None:
     spec = spec_from_hf(perturbed(CASES["7b-lm"]))
-    assert (spec.block.layout, spec.kv_heads) == ("parallel", 1)
+    assert (spec.block.layout, spec.block.shared_norm, spec.kv_heads) == ("parallel", True, 1)
     spec = spec_from_hf(perturbed(CASES["new-arch-lm-gqa-bias-untied-linear"]))
     assert (spec.block.layout, spec.kv_heads, spec.position.scaling.type) == (
         "parallel", 2, "linear")
@@ -85,12 +94,23 @@ def test_layouts() -> None:
     assert (spec.block.layout, spec.kv_heads) == ("pre_norm", 6)
 
 
-def test_two_different_norms_are_refused_by_the_7b_layout() -> None:
+def test_two_norms_and_one_kv_head_go_to_the_new_architecture() -> None:
+    """The 7B layout has one shared norm; a multi-query parallel block with two norms is the
+    new architecture with ``num_kv_heads: 1`` and ``ln_attn`` / ``ln_mlp``."""
     model = from_hf(perturbed(CASES["7b-lm"]))
+    data = model.spec.model_dump(mode="json")
+    data["block"]["shared_norm"] = False
+    two = txblocks.build(data).eval()
+    back = to_hf(two)
+    config = back.config
+    assert (config.new_decoder_architecture, config.num_kv_heads,
+            config.num_ln_in_parallel_attn) == (True, 1, 2)  # fmt: skip
+    inputs = padded_batch("right")
     with torch.no_grad():
-        model.blocks[0].norm2.bias[1] += 0.5
-    with pytest.raises(HFConversionError, match="norm2 differs from norm1: a Falcon block"):
-        to_hf(model)
+        expected = two(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        got = back(**inputs).logits
+    keep = inputs["attention_mask"].bool()
+    assert (expected[keep] - got[keep]).abs().max() <= 1e-4
 
 
 def test_unsupported_layouts_are_listed() -> None:

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 
+import txblocks
 from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
 
 from .conftest import DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed
@@ -52,17 +52,20 @@ def test_greedy_decoding() -> None:
 
 def test_spec() -> None:
     spec = spec_from_hf(perturbed(CASES["lm-rotary6"]))
-    assert spec.block.layout == "parallel"
+    assert (spec.block.layout, spec.block.shared_norm) == ("parallel", True)
     assert (spec.position.interleaved, int(8 * spec.position.fraction)) == (True, 6)
     assert spec.head.bias and not spec.head.tie_embeddings
 
 
-def test_two_different_norms_are_refused() -> None:
+def test_one_shared_norm_and_two_norms() -> None:
+    """``ln_1`` is the block's one norm (``shared_norm``); a parallel block with two norms
+    has no GPT-J config and is refused, naming the field."""
     model = from_hf(perturbed(CASES["lm-rotary6"]))
-    with torch.no_grad():
-        model.blocks[1].norm2.weight[0] += 0.5
-    with pytest.raises(HFConversionError, match="norm2 differs from norm1: a GPT-J block"):
-        to_hf(model, family="gptj")
+    assert model.spec.block.shared_norm and model.blocks[1].norm2 is None
+    data = model.spec.model_dump(mode="json")
+    data["block"]["shared_norm"] = False
+    with pytest.raises(HFConversionError, match=r"gptj: block\.shared_norm"):
+        to_hf(txblocks.build(data), family="gptj")
 
 
 def test_rotary_dim_beyond_the_head() -> None:

@@ -62,5 +62,6 @@ def test_positions_matter() -> None:
 def test_spec() -> None:
     spec = spec_from_hf(perturbed(CASES["lm-qk-layernorm-tied-mqa-gelu"]))
     assert (spec.block.layout, spec.kv_heads, spec.position.fraction) == ("parallel", 1, 0.5)
+    assert spec.block.shared_norm  # input_layernorm feeds both branches
     assert spec.block.attention.qk_norm.type == "layernorm"
     assert spec.head.bias and spec.head.tie_embeddings

@@ -42,6 +42,8 @@ CASES = {
     "lm-tied-default-rotary": stablelm(tie_word_embeddings=True, rope_theta=100.0),
     "base-mha-gelu-tanh": stablelm("StableLmModel", num_key_value_heads=6,
                                    hidden_act="gelu_pytorch_tanh", rope_parameters=HALF),
+    # x + attn(ln(x)) + mlp(ln(x)): the parallel layout with one shared norm
+    "lm-parallel-residual": stablelm(use_parallel_residual=True, use_qkv_bias=True),
 }  # fmt: skip
 
 
@@ -58,8 +60,15 @@ def test_round_trip(case: str) -> None:
     decoder_round_trip(CASES[case]())
 
 
-def test_greedy_decoding_same_tokens() -> None:
-    decoder_greedy(stablelm(use_qkv_bias=True, rope_parameters=HALF)())
+@pytest.mark.parametrize("parallel", [False, True])
+def test_greedy_decoding_same_tokens(parallel: bool) -> None:
+    decoder_greedy(stablelm(use_qkv_bias=True, rope_parameters=HALF,
+                            use_parallel_residual=parallel)())  # fmt: skip
+
+
+def test_parallel_residual_is_one_shared_norm() -> None:
+    spec = spec_from_hf(CASES["lm-parallel-residual"]())
+    assert (spec.block.layout, spec.block.shared_norm) == ("parallel", True)
 
 
 def test_spec() -> None:
@@ -79,7 +88,7 @@ def test_unsupported_options_are_listed_together() -> None:
     with pytest.raises(HFConversionError) as info:
         spec_from_hf(config)
     found = {p.path: p.message for p in info.value.problems}
-    assert set(found) == {"qk_layernorm", "use_parallel_residual", "hidden_dropout", "hidden_act"}
+    assert set(found) == {"qk_layernorm", "hidden_dropout", "hidden_act"}
     assert "shared by all heads" in found["qk_layernorm"]
 
 

@@ -3,10 +3,10 @@
 Falcon's layouts, all with RoPE on whole heads and one ``bias`` flag for every linear layer:
 
 * the 7B layout (``new_decoder_architecture: false``, ``parallel_attn``, ``multi_query``):
-  ``x + attn(ln(x)) + mlp(ln(x))`` with one ``input_layernorm``
-  (:class:`~txblocks.hf.gptj.SharedNorm`) and one key/value head;
+  ``x + attn(ln(x)) + mlp(ln(x))`` with one ``input_layernorm`` (``parallel`` with
+  ``shared_norm: true``) and one key/value head;
 * ``new_decoder_architecture``: parallel, ``num_kv_heads`` key/value heads, two norms
-  ``ln_attn`` / ``ln_mlp`` (``num_ln_in_parallel_attn: 2``, the default) or one
+  ``ln_attn`` / ``ln_mlp`` (``num_ln_in_parallel_attn: 2``, the default) or one shared
   ``input_layernorm`` (``1``);
 * ``parallel_attn: false``: pre-norm (``input_layernorm``, ``post_attention_layernorm``).
 
@@ -15,9 +15,9 @@ multi-query layout is the case ``Hkv = 1``, the old layout without multi-query `
 :class:`~txblocks.hf.gpt_neox.GroupedQKV`. Norm rules are alternatives by name: the first
 whose HF parameters exist is used.
 
-The spec does not say whether a parallel block's two norms are one tensor: ``to_hf`` gives
-the 7B layout for one key/value head and the new architecture with two norms otherwise.
-ALiBi Falcons (RW) are refused.
+``to_hf`` gives the 7B layout for one shared norm and one key/value head, the new
+architecture with one norm for a shared norm and more key/value heads, and the new
+architecture with two norms for two. ALiBi Falcons (RW) are refused.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.gpt_neox import GroupedQKV
-from txblocks.hf.gptj import SharedNorm
 from txblocks.hf.llama import rope, rope_parameters
 from txblocks.hf.rules import Rule
 
@@ -39,7 +38,6 @@ WEIGHTS = (
     Rule("h.{i}.input_layernorm.{p}", "blocks.{i}.norm1.{p}"),
     Rule("h.{i}.ln_mlp.{p}", "blocks.{i}.norm2.{p}"),
     Rule("h.{i}.post_attention_layernorm.{p}", "blocks.{i}.norm2.{p}"),  # parallel_attn: false
-    Rule("h.{i}.input_layernorm.{p}", "blocks.{i}.norm2.{p}", SharedNorm("Falcon")),  # one norm
     Rule("h.{i}.self_attention.query_key_value.{p}", "blocks.{i}.attention.qkv.{p}",
          GroupedQKV()),
     Rule("h.{i}.self_attention.dense.{p}", "blocks.{i}.attention.out.{p}"),
@@ -49,8 +47,9 @@ WEIGHTS = (
 )  # fmt: skip
 
 
-def _layout(c: ConfigView, n_heads: int) -> tuple[str, int]:
-    """The block layout and the key/value heads; problems for layouts HF cannot run."""
+def _layout(c: ConfigView, n_heads: int) -> tuple[str, int, bool]:
+    """The block layout, the key/value heads and whether one norm feeds both branches;
+    problems for layouts HF cannot run."""
     parallel, n_ln, kv = bool(c.parallel_attn), c.num_ln_in_parallel_attn, c.num_kv_heads
     multi_query = bool(c.multi_query)
     if c.new_decoder_architecture:  # multi_query is ignored
@@ -59,7 +58,7 @@ def _layout(c: ConfigView, n_heads: int) -> tuple[str, int]:
                           "then builds norms its forward does not use (it fails)")
         if n_ln not in (None, 1, 2):
             c.unsupported("num_ln_in_parallel_attn", "HF's new architecture has 1 or 2 norms")
-        return "parallel", kv
+        return "parallel", kv, n_ln == 1
     if parallel and n_ln == 2:
         c.unsupported("num_ln_in_parallel_attn", "2 without new_decoder_architecture: HF builds "
                       "ln_attn / ln_mlp but runs input_layernorm (it fails)")
@@ -72,7 +71,7 @@ def _layout(c: ConfigView, n_heads: int) -> tuple[str, int]:
             "attention branch with attention_dropout and the mlp branch with hidden_dropout; "
             "txblocks has one residual dropout"
         ))  # fmt: skip
-    return ("parallel" if parallel else "pre_norm"), (1 if multi_query else n_heads)
+    return ("parallel" if parallel else "pre_norm"), (1 if multi_query else n_heads), parallel
 
 
 def spec(c: ConfigView) -> dict[str, Any]:
@@ -81,7 +80,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
         c.unsupported("alibi", "Falcon's ALiBi (slopes rounded to bfloat16, added before the "
                       "1/sqrt(head_dim) scale) is not txblocks' alibi; only rotary Falcons convert")
     d_model, n_heads = c.hidden_size, c.num_attention_heads
-    layout, kv = _layout(c, n_heads)
+    layout, kv, shared_norm = _layout(c, n_heads)
     c.get("attention_dropout")  # no dropout on the rotary path's probabilities
     return {
         "arch": "decoder",
@@ -94,6 +93,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
         "position": rope(c),
         "block": {
             "layout": layout,
+            "shared_norm": shared_norm,
             "norm": {"type": "layernorm", "eps": c.layer_norm_epsilon},
             "attention": {"mask": "causal", "bias": bool(c.bias), "fused_qkv": True,
                           "dropout": 0.0},
@@ -109,8 +109,8 @@ def config(s: Any) -> dict[str, Any]:
     """FalconConfig fields of a spec (checked by converting back)."""
     block = s.block
     attention = block.attention
-    parallel, kv = block.layout == "parallel", s.kv_heads
-    new = parallel and kv > 1
+    parallel, kv, shared = block.layout == "parallel", s.kv_heads, block.shared_norm
+    new = parallel and (kv > 1 or not shared)  # the 7B layout: one shared norm, one kv head
     return {
         "vocab_size": s.vocab_size,
         "max_position_embeddings": s.max_seq_len,
@@ -121,7 +121,7 @@ def config(s: Any) -> dict[str, Any]:
         "new_decoder_architecture": new,
         "multi_query": kv == 1,
         "parallel_attn": parallel,
-        "num_ln_in_parallel_attn": 2 if new else None,
+        "num_ln_in_parallel_attn": (1 if shared else 2) if new else None,
         "alibi": False,
         "bias": bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias),
         "layer_norm_epsilon": getattr(block.norm, "eps", 1e-5),

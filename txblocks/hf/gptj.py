@@ -1,7 +1,7 @@
 """GPT-J (``GPTJModel``, ``GPTJForCausalLM``) <-> a parallel decoder with interleaved, partial RoPE.
 
-A GPT-J block is ``x + attn(ln_1(x)) + mlp(ln_1(x))``: txblocks' ``parallel`` layout, whose
-two norms both come from ``ln_1`` (:class:`SharedNorm`). The first ``rotary_dim`` dims of
+A GPT-J block is ``x + attn(ln_1(x)) + mlp(ln_1(x))``: txblocks' ``parallel`` layout with
+one shared norm (``shared_norm: true``), ``ln_1``. The first ``rotary_dim`` dims of
 each head rotate, adjacent dims paired (``rope {fraction: rotary_dim / head_dim,
 interleaved: true}``, theta 10000). ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` have
 no bias; the LM head has one.
@@ -10,62 +10,17 @@ no bias; the LM head has one.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-import torch
-from torch import Tensor
-
-from txblocks.errors import Problem
-from txblocks.hf.family import (
-    ConfigView,
-    HFConversionError,
-    HFFamily,
-    HFHead,
-    activation,
-    ffn_hidden,
-    hf_activation,
-)
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
-__all__ = ["GPTJ", "SharedNorm", "rope_fraction"]
-
-
-@dataclass(frozen=True)
-class SharedNorm:
-    """One HF norm feeding both branches of a parallel block <-> txblocks' ``norm2``.
-
-    ``norm1`` takes the HF norm with a plain ``copy`` rule; this rule gives ``norm2`` the
-    same tensor. Back to HF, ``norm2`` must equal what ``norm1`` wrote (the block's
-    parameters are copied in order: attention, ffn, norm1, norm2): a model whose two norms
-    differ has no HF counterpart, and is refused rather than losing one of them. (An HF
-    side that holds no values yet, on the ``meta`` device, cannot be checked.)
-
-    Args:
-        family: the HF family, for the message.
-    """
-
-    family: str
-    arity: ClassVar[int] = 1
-
-    def to_tx(self, tensors: Sequence[Tensor]) -> Tensor:
-        return tensors[0]
-
-    def to_hf(self, tensor: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-        written = like[0].detach()
-        if written.device.type != "meta" and not torch.equal(tensor, written.to(tensor)):
-            why = f"a {self.family} block has one norm for attention and ffn"
-            raise HFConversionError(  # its first line says it all (engines may keep only that)
-                f"norm2 differs from norm1: {why}", [Problem("norm2", "differs from norm1")]
-            )
-        return [tensor]
+__all__ = ["GPTJ", "rope_fraction"]
 
 
 WEIGHTS = (
     Rule("wte.weight", "embeddings.tokens.weight"),
     Rule("h.{i}.ln_1.{p}", "blocks.{i}.norm1.{p}"),
-    Rule("h.{i}.ln_1.{p}", "blocks.{i}.norm2.{p}", SharedNorm("GPT-J")),
     Rule(("h.{i}.attn.q_proj.weight", "h.{i}.attn.k_proj.weight", "h.{i}.attn.v_proj.weight"),
          "blocks.{i}.attention.qkv.weight", "concat"),
     Rule("h.{i}.attn.out_proj.weight", "blocks.{i}.attention.out.weight"),
@@ -106,6 +61,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
         "embedding": {"dropout": c.embd_pdrop},
         "block": {
             "layout": "parallel",
+            "shared_norm": True,
             "norm": {"type": "layernorm", "eps": c.layer_norm_epsilon},
             "attention": {"mask": "causal", "bias": False, "fused_qkv": True,
                           "dropout": c.attn_pdrop},

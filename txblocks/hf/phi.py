@@ -1,7 +1,7 @@
 """Phi (``PhiModel``, ``PhiForCausalLM``) <-> a parallel decoder with partial RoPE and GQA.
 
-A Phi block is ``x + attn(ln(x)) + mlp(ln(x))``: txblocks' ``parallel`` layout whose two
-norms both come from ``input_layernorm`` (:class:`~txblocks.hf.gptj.SharedNorm`). RoPE
+A Phi block is ``x + attn(ln(x)) + mlp(ln(x))``: txblocks' ``parallel`` layout with one
+shared norm (``shared_norm: true``), ``input_layernorm``. RoPE
 rotates the first ``partial_rotary_factor`` of each head (halves paired); ``q_proj``,
 ``k_proj``, ``v_proj`` (biased, GQA) are fused into ``qkv``; ``qk_layernorm`` is a
 LayerNorm over each head of q and k before the rotation (``attention.qk_norm``). The LM
@@ -14,7 +14,6 @@ from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.gpt_neox import partial_rope, partial_rope_parameters
-from txblocks.hf.gptj import SharedNorm
 from txblocks.hf.rules import Rule
 
 __all__ = ["PHI"]
@@ -22,7 +21,6 @@ __all__ = ["PHI"]
 WEIGHTS = (
     Rule("embed_tokens.weight", "embeddings.tokens.weight"),
     Rule("layers.{i}.input_layernorm.{p}", "blocks.{i}.norm1.{p}"),
-    Rule("layers.{i}.input_layernorm.{p}", "blocks.{i}.norm2.{p}", SharedNorm("Phi")),
     Rule(("layers.{i}.self_attn.q_proj.{p}", "layers.{i}.self_attn.k_proj.{p}",
           "layers.{i}.self_attn.v_proj.{p}"), "blocks.{i}.attention.qkv.{p}", "concat"),
     Rule("layers.{i}.self_attn.dense.{p}", "blocks.{i}.attention.out.{p}"),
@@ -52,6 +50,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
         "embedding": {"dropout": c.embd_pdrop},
         "block": {
             "layout": "parallel",
+            "shared_norm": True,
             "norm": norm,
             "attention": {"mask": "causal", "bias": True, "fused_qkv": True,
                           "qk_norm": norm if c.qk_layernorm else None,

@@ -7,10 +7,13 @@ with biased LayerNorms (``layer_norm_eps``) instead of RMSNorms, and RoPE on the
 0.25 by default). ``use_qkv_bias`` sets the q, k, v biases; ``o_proj`` has none. q, k, v
 are fused into ``qkv`` (rows q, k, v), ``gate_proj`` and ``up_proj`` into ``gate_up``.
 
+``use_parallel_residual`` gives ``x + attn(ln(x)) + mlp(ln(x))``: the ``parallel`` layout
+with one shared norm (``shared_norm: true``, ``input_layernorm``; HF then builds no
+``post_attention_layernorm``).
+
 Refused, each with its reason: ``qk_layernorm`` (one LayerNorm *per head*; txblocks'
-``qk_norm`` is one norm shared by the heads), ``use_parallel_residual`` (one norm feeding
-both branches; txblocks' ``parallel`` layout has two), ``hidden_dropout`` (HF drops the
-ffn branch only; txblocks' ``block.dropout`` drops both).
+``qk_norm`` is one norm shared by the heads), ``hidden_dropout`` (HF drops the ffn branch
+only; txblocks' ``block.dropout`` drops both).
 """
 
 from __future__ import annotations
@@ -53,9 +56,6 @@ def spec(c: ConfigView) -> dict[str, Any]:
     if c.qk_layernorm:
         c.unsupported("qk_layernorm", "HF normalizes each head with its own LayerNorm; "
                       "txblocks' attention.qk_norm is one norm shared by all heads")
-    if c.use_parallel_residual:
-        c.unsupported("use_parallel_residual", "HF feeds attention and ffn from one shared "
-                      "LayerNorm; txblocks' parallel layout has a norm for each branch")
     if c.hidden_dropout:
         c.unsupported("hidden_dropout", "HF drops the ffn branch only; txblocks' block.dropout "
                       "drops both branches. It acts in training only: set it to 0 to convert")
@@ -71,7 +71,8 @@ def spec(c: ConfigView) -> dict[str, Any]:
         "head_dim": c.hidden_size // c.num_attention_heads,  # StableLM ignores a head_dim
         "position": position,
         "block": {
-            "layout": "pre_norm",
+            "layout": "parallel" if c.use_parallel_residual else "pre_norm",
+            "shared_norm": bool(c.use_parallel_residual),
             "norm": {"type": "layernorm", "eps": c.layer_norm_eps, "bias": True, "affine": True},
             "attention": {
                 "mask": "causal", "bias": False, "qkv_bias": bool(c.use_qkv_bias),
@@ -99,6 +100,7 @@ def config(s: Any) -> dict[str, Any]:
         "rope_parameters": partial_rope_parameters(s.position),
         "layer_norm_eps": getattr(block.norm, "eps", 1e-5),
         "use_qkv_bias": _qkv_bias(s),
+        "use_parallel_residual": block.layout == "parallel",
         "attention_dropout": block.attention.dropout,
         "intermediate_size": ffn_hidden(block.ffn, s.d_model),
         "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
