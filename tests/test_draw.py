@@ -144,3 +144,35 @@ def test_cli_draw(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     bad.write_text("arch: decoder\nd_model: 8\n")
     assert main(["draw", str(bad)]) == 1
     assert "n_layers: required field is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("block", "edges"), [
+    ({"layout": "pre_norm"}, ["norm0 attn", "attn add0", "add0 norm1", "norm1 ffn"]),
+    ({"layout": "post_norm"}, ["attn add0", "add0 norm0", "norm0 ffn", "add1 norm1"]),
+    ({"layout": "reordered_norm"}, ["attn norm0", "norm0 add0", "add0 ffn", "ffn norm1"]),
+    ({"layout": "parallel", "shared_norm": True}, ["norm attn", "norm ffn", "attn add", "ffn add"]),
+    ({"layout": "parallel"}, ["norm0 attn", "norm1 ffn", "attn add", "ffn add"]),
+    ({"post_attention_norm": True, "post_ffn_norm": True},
+     ["norm0 attn", "attn post_norm0", "post_norm0 add0", "ffn post_norm1", "post_norm1 add1"]),
+])
+def test_the_layout_places_the_norms(block: dict, edges: list[str]) -> None:
+    spec = txblocks.load_spec({"arch": "decoder", "vocab_size": 64, "d_model": 32, "n_layers": 2,
+                               "n_heads": 4, "block": block})
+    text = mermaid(spec)
+    check_syntax(text)
+    for edge in edges:
+        a, b = edge.split()
+        assert f"decoder_g0_{a} --> decoder_g0_{b}" in text, edge
+
+
+def test_embedding_width_projections_and_shared_layers() -> None:
+    spec = txblocks.load_spec({
+        "arch": "decoder", "vocab_size": 64, "d_model": 32, "n_layers": 4, "n_heads": 4,
+        "embedding": {"width": 16, "project_out": True}, "share_layers": {"groups": 2},
+    })
+    text = mermaid(spec)
+    check_syntax(text)
+    assert "token embedding 64 × 16" in text and "tokens_embed --> tokens_embed_project" in text
+    assert 'tokens_embed_project["projection 16 → 32"]' in text
+    assert 'project_out["projection 32 → 16"]' in text and "project_out --> head" in text
+    assert "parameters shared by each run of 2" in text

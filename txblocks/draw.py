@@ -156,7 +156,13 @@ def _attention_label(title: str, attention: AttentionSpec, spec: ModelSpec,
 
 
 def _block(chart: _Chart, prefix: str, group: LayerGroup, spec: ModelSpec) -> Iterator[str]:
-    """Draw one group's block; yield the ids of its self-attention and cross-attention."""
+    """Draw one group's block; yield the ids of its self-attention and cross-attention.
+
+    Each branch (attention, cross-attention, ffn) ends in a residual add (a circle); where
+    the norms sit follows the layout: pre_norm norm → f → +, post_norm f → + → norm,
+    reordered_norm f → norm → +, parallel one + over every branch. Sandwich norms
+    (post_attention_norm, post_ffn_norm) follow their branch.
+    """
     block = group.block
     norm = f"norm: {component(block.norm)}"
     attn = chart.node(f"{prefix}_attn", _attention_label("self-attention", block.attention, spec))
@@ -167,23 +173,41 @@ def _block(chart: _Chart, prefix: str, group: LayerGroup, spec: ModelSpec) -> It
             "cross-attention", group.cross_attention, spec, mask=False))
         yield cross
         parts.append(cross)
-    ffn = chart.node(f"{prefix}_ffn", f"ffn: {component(block.ffn)}")
+    parts.append(chart.node(f"{prefix}_ffn", f"ffn: {component(block.ffn)}"))
+    sandwich = [block.post_attention_norm] * (len(parts) - 1) + [block.post_ffn_norm]
+    ends = []  # the last node of each branch before its residual add
+    for k, part in enumerate(parts):
+        end = part
+        if block.layout == "reordered_norm":
+            end = chart.node(f"{prefix}_norm{k}", norm)
+            chart.edge(part, end)
+        if sandwich[k]:
+            post = chart.node(f"{prefix}_post_norm{k}", f"post-{norm}")
+            chart.edge(end, post)
+            end = post
+        ends.append(end)
     if block.layout == "parallel":
-        first = chart.node(f"{prefix}_norm", norm)
         add = chart.node(f"{prefix}_add", "+", "(())")
-        for part in [*parts, ffn]:
-            chart.edge(first, part)
-            chart.edge(part, add)
+        shared = chart.node(f"{prefix}_norm", norm) if block.shared_norm else None
+        for k, (part, end) in enumerate(zip(parts, ends)):
+            chart.edge(shared or chart.node(f"{prefix}_norm{k}", norm), part)
+            chart.edge(end, add)
         return
-    chain: list[str] = []
-    for k, part in enumerate([*parts, ffn]):
+    previous = None
+    for k, (part, end) in enumerate(zip(parts, ends)):
+        first = part
+        if block.layout not in ("post_norm", "reordered_norm"):  # pre_norm
+            first = chart.node(f"{prefix}_norm{k}", norm)
+            chart.edge(first, part)
         add = chart.node(f"{prefix}_add{k}", "+", "(())")
-        if block.layout == "pre_norm":
-            chain += [chart.node(f"{prefix}_norm{k}", norm), part, add]
-        else:
-            chain += [part, add, chart.node(f"{prefix}_norm{k}", norm)]
-    for a, b in zip(chain, chain[1:]):
-        chart.edge(a, b)
+        chart.edge(end, add)
+        last = add
+        if block.layout == "post_norm":
+            last = chart.node(f"{prefix}_norm{k}", norm)
+            chart.edge(add, last)
+        if previous is not None:
+            chart.edge(previous, first)
+        previous = last
 
 
 def _stack(chart: _Chart, spec: ModelSpec, stack: str, groups: list[LayerGroup],
@@ -191,7 +215,11 @@ def _stack(chart: _Chart, spec: ModelSpec, stack: str, groups: list[LayerGroup],
     """Draw a stack and its groups; return its id and its cross-attention node ids."""
     crosses: list[str] = []
     n_layers = spec.stacks[stack]  # type: ignore[index]
-    with chart.subgraph(stack, f"{stack}: {n_layers} layers") as stack_id:
+    label = f"{stack}: {n_layers} layers"
+    if spec.share_layers is not None:
+        size = n_layers // spec.share_layers.groups
+        label += f" · parameters shared by each run of {size}" if size > 1 else ""
+    with chart.subgraph(stack, label) as stack_id:
         ids = []
         for g, group in enumerate(groups):
             label = f"{_layers_label(group.layers)} · {group.block.layout}"
@@ -213,20 +241,29 @@ def _embeddings(chart: _Chart, spec: ModelSpec, prefix: str, inputs: str) -> tup
     """Draw an input and its embeddings; return the ids of the embedding and of the last node."""
     source = chart.node(f"{prefix}_input", f"{inputs} (B, T)")
     emb = getattr(spec, "embedding", None)
-    lines = [f"token embedding {spec.vocab} × {spec.d_model}"]
+    width = emb.width if emb is not None and emb.width else spec.d_model
+    lines = [f"token embedding {spec.vocab} × {width}"]
     if isinstance(spec, Seq2SeqSpec) and spec.shared_embeddings and prefix == "decoder":
         lines[0] += " (the encoder's)"
     if emb is not None and emb.scale is not None:
         lines.append(f"scale {emb.scale}")
     if emb is not None and emb.token_types:
         lines.append(f"+ token types ({emb.token_types})")
-    embed = chart.node(f"{prefix}_embed", "\n".join(lines))
-    chart.edge(source, embed)
-    if emb is None or emb.norm is None:
-        return embed, embed
-    norm = chart.node(f"{prefix}_embed_norm", f"embedding norm: {component(emb.norm)}")
-    chart.edge(embed, norm)
-    return embed, norm
+    table = embed = last = chart.node(f"{prefix}_embed", "\n".join(lines))
+    chart.edge(source, table)
+    projection = f"projection {width} → {spec.d_model}"
+    if emb is not None and emb.width and emb.project_at == "tokens":  # positions added after it
+        embed = last = chart.node(f"{prefix}_embed_project", projection)
+        chart.edge(table, embed)
+    if emb is not None and emb.norm is not None:
+        norm = chart.node(f"{prefix}_embed_norm", f"embedding norm: {component(emb.norm)}")
+        chart.edge(last, norm)
+        last = norm
+    if emb is not None and emb.width and emb.project_at == "end":
+        project = chart.node(f"{prefix}_embed_project", projection)
+        chart.edge(last, project)
+        last = project
+    return embed, last
 
 
 def _vit_embeddings(chart: _Chart, spec: VitSpec) -> tuple[str, str]:
@@ -291,6 +328,11 @@ def mermaid(spec: ModelSpec) -> str:
     for target in crosses:
         chart.edge(outputs["encoder"], target, "keys, values", dotted=True)
     last = outputs[list(spec.stacks)[-1]]
+    emb = getattr(spec, "embedding", None)
+    if emb is not None and emb.width and emb.project_out:
+        project = chart.node("project_out", f"projection {spec.d_model} → {emb.width}")
+        chart.edge(last, project)
+        last = project
     head = chart.node("head", f"head: {component(spec.head)}" if spec.head is not None
                       else "hidden states (no head)", "[[]]")
     chart.edge(last, head)
