@@ -102,7 +102,7 @@ def test_builtin_families_have_distinct_names_and_classes() -> None:
     names = [f.name for f in builtin_families()]
     assert names[:11] == ["gpt2", "bert", "roberta", "llama", "mistral", "qwen2", "mixtral", "t5",
                           "t5_encoder", "bart", "vit"]  # fmt: skip
-    assert len(set(names)) == len(names) == 36  # and the 25 of issue 15
+    assert len(set(names)) == len(names) == 38  # the 25 of issue 15, Gemma 2 and OLMo 2 (issue 16)
     classes = [h.hf_class for f in builtin_families() for h in f.heads]
     assert len(set(classes)) == len(classes)
     # one model_type per family, except the T5-style encoder-only classes, families of their

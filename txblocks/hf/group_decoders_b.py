@@ -1,10 +1,12 @@
-"""Hugging Face families added for issue 15 (group decoders_b); see docs/hf.md."""
+"""Hugging Face families added for issue 15 (group decoders_b) and issue 16; see docs/hf.md."""
 
 from __future__ import annotations
 
 from txblocks.hf.family import HFFamily
 from txblocks.hf.gemma import GEMMA
+from txblocks.hf.gemma2 import GEMMA2
 from txblocks.hf.olmo import OLMO
+from txblocks.hf.olmo2 import OLMO2
 from txblocks.hf.phi3 import PHI3
 from txblocks.hf.qwen3 import QWEN3
 from txblocks.hf.stablelm import STABLELM
@@ -13,4 +15,6 @@ from txblocks.hf.starcoder2 import STARCODER2
 __all__ = ["FAMILIES"]
 
 #: The families of this group, in the order ``to_hf`` tries them.
-FAMILIES: tuple[HFFamily, ...] = (PHI3, GEMMA, QWEN3, STABLELM, STARCODER2, OLMO)
+FAMILIES: tuple[HFFamily, ...] = (
+    PHI3, GEMMA, QWEN3, STABLELM, STARCODER2, OLMO, GEMMA2, OLMO2,
+)  # fmt: skip

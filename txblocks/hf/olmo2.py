@@ -1,0 +1,89 @@
+"""OLMo 2 (``Olmo2Model``, ``Olmo2ForCausalLM``) <-> a decoder that norms each branch's
+output, with q and k normed over their full width.
+
+OLMo 2 (Team OLMo 2024, "2 OLMo 2 Furious") reorders OLMo's norms: a block is
+``h = x + post_attention_layernorm(attn(x))``, ``y = h + post_feedforward_layernorm(mlp(h))``,
+no norm on the branch inputs: ``layout: reordered_norm``, whose ``norm1`` / ``norm2`` are
+those two RMSNorms (``rms_norm_eps``). Its attention norms the whole q and k projections
+before the split into heads (``q_norm`` of ``num_attention_heads · head_dim``, ``k_norm``
+of ``num_key_value_heads · head_dim``): ``attention.qk_norm: rmsnorm`` with
+``qk_norm_over: width``. The rest is Llama's: q, k, v fused into ``qkv``, SwiGLU, RoPE and
+its scalings, GQA, ``attention_bias`` on q, k, v and o.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
+from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
+from txblocks.hf.llama import _family, _qkv_bias, rope, rope_parameters
+from txblocks.hf.rules import Rule
+
+__all__ = ["OLMO2"]
+
+WEIGHTS = (
+    *(rule for rule in LLAMA_WEIGHTS if "norm" not in rule.tx),
+    Rule("layers.{i}.post_attention_layernorm.weight", "blocks.{i}.norm1.weight"),
+    Rule("layers.{i}.post_feedforward_layernorm.weight", "blocks.{i}.norm2.weight"),
+    Rule("layers.{i}.self_attn.q_norm.weight", "blocks.{i}.attention.q_norm.norm.weight"),
+    Rule("layers.{i}.self_attn.k_norm.weight", "blocks.{i}.attention.k_norm.norm.weight"),
+    Rule("norm.weight", "final_norm.weight"),
+)
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of an Olmo2Config (without head)."""
+    bias = bool(c.attention_bias)
+    norm = {"type": "rmsnorm", "eps": c.rms_norm_eps}
+    return {
+        "arch": "decoder",
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.max_position_embeddings,
+        "d_model": c.hidden_size,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": c.num_attention_heads,
+        "n_kv_heads": c.num_key_value_heads or c.num_attention_heads,
+        "head_dim": c.get("head_dim") or c.hidden_size // c.num_attention_heads,
+        "position": rope(c),
+        "block": {
+            "layout": "reordered_norm",
+            "norm": norm,
+            "attention": {
+                "mask": "causal", "bias": bias, "qkv_bias": bias, "out_bias": bias,
+                "fused_qkv": True, "dropout": c.attention_dropout,
+                "qk_norm": norm, "qk_norm_over": "width",
+            },
+            "ffn": {"type": "glu", "hidden": c.intermediate_size, "bias": False, "dropout": 0.0,
+                    "activation": activation(c, "hidden_act")},
+            "dropout": 0.0,
+        },
+        "embedding": {"dropout": 0.0},
+        "init_std": c.initializer_range,
+    }  # fmt: skip
+
+
+def config(s: Any) -> dict[str, Any]:
+    """Olmo2Config fields of a spec (checked by converting back)."""
+    block = s.block
+    out = {
+        "vocab_size": s.vocab_size,
+        "max_position_embeddings": s.max_seq_len,
+        "hidden_size": s.d_model,
+        "num_hidden_layers": s.n_layers,
+        "num_attention_heads": s.n_heads,
+        "num_key_value_heads": s.kv_heads,
+        "rope_parameters": rope_parameters(s.position),
+        "rms_norm_eps": getattr(block.norm, "eps", 1e-5),
+        "attention_bias": _qkv_bias(s),
+        "attention_dropout": block.attention.dropout,
+        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
+        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
+        "initializer_range": s.init_std,
+    }
+    if s.head_size != s.d_model // s.n_heads:
+        out["head_dim"] = s.head_size  # not an Olmo2Config field; read when set
+    return out
+
+
+OLMO2 = _family("olmo2", "Olmo2", spec, config, weights=WEIGHTS, ignored={})
