@@ -1,9 +1,10 @@
-"""ELECTRA (embedding size = hidden size): BERT's encoder, same numbers as Hugging Face.
+"""ELECTRA: BERT's encoder, same numbers as Hugging Face, with ELECTRA-small's narrower
+embeddings projected to the hidden size (``embedding.width``).
 
-Tiny random models (d_model 48, 6 heads, 2 layers), every parameter perturbed, query and key
-weights scaled up, a right-padded batch with token types, fp32, eval mode: hidden states and
-logits within 1e-4 on real positions, and ``to_hf(from_hf(m))`` equal to ``m``. An
-embedding size other than the hidden size is a clear error.
+Tiny random models (d_model 48, 6 heads, 2 layers; embedding size 48, or 16 and 64 with a
+projection), every parameter perturbed, query and key weights scaled up, a right-padded batch
+with token types, fp32, eval mode: hidden states and logits within 1e-4 on real positions,
+and ``to_hf(from_hf(m))`` equal to ``m``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ CASES = {
     "mlm-untied-silu": electra("ElectraForMaskedLM", tie_word_embeddings=False, hidden_act="silu"),
     "base": electra("ElectraModel"),
     "token-cls": electra("ElectraForTokenClassification", classifier_dropout=0.3),
+    # ELECTRA-small: embeddings narrower than the blocks (embeddings_project), or wider
+    "small-mlm": electra("ElectraForMaskedLM", embedding_size=16),
+    "small-mlm-untied": electra("ElectraForMaskedLM", embedding_size=16,
+                                tie_word_embeddings=False),
+    "small-base": electra("ElectraModel", embedding_size=16),
+    "wide-token-cls": electra("ElectraForTokenClassification", embedding_size=64),
 }  # fmt: skip
 
 
@@ -55,12 +62,27 @@ def test_spec() -> None:
     assert (spec.embedding.token_types, spec.head.tie_embeddings) == (3, False)
 
 
-def test_embedding_projection_is_refused() -> None:
-    config = transformers.ElectraConfig(hidden_size=48, embedding_size=16, num_attention_heads=6)
-    with pytest.raises(HFConversionError) as info:
-        from_hf(transformers.ElectraModel(config))
-    assert [p.path for p in info.value.problems] == ["embedding_size"]
-    assert "embeddings_project" in str(info.value)
+def test_small_spec_and_weights() -> None:
+    """ELECTRA-small: 16-wide tables, norm and MLM head, projected to 48 with a bias."""
+    hf = CASES["small-mlm"]()
+    spec = spec_from_hf(hf)
+    embedding = spec.embedding
+    assert (embedding.width, embedding.project_at, embedding.project_bias,
+            embedding.project_out) == (16, "end", True, False)  # fmt: skip
+    model = from_hf(hf)
+    assert torch.equal(model.embeddings.project.weight, hf.electra.embeddings_project.weight)
+    assert model.embeddings.norm.weight.shape == (16,) and model.head.dense.weight.shape == (16, 48)
+    assert model.head.decoder.proj.weight is model.embeddings.tokens.weight
+    assert spec_from_hf(CASES["mlm"]()).embedding.width is None  # no projection in HF either
+
+
+def test_a_projection_of_equal_widths_is_not_electra() -> None:
+    """HF's ELECTRA projects only when the widths differ: width = d_model is refused."""
+    model = from_hf(CASES["mlm"]())
+    data = model.spec.model_dump(mode="json")
+    data["embedding"]["width"] = 48
+    with pytest.raises(HFConversionError, match=r"electra: embedding\.width"):
+        to_hf(txblocks.build(data), family="electra")
 
 
 def test_a_bert_spec_goes_to_electra_when_asked() -> None:

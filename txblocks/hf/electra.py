@@ -1,38 +1,43 @@
 """ELECTRA (``ElectraModel``, ``...ForMaskedLM``, ``...ForTokenClassification``) <-> BERT's
-post-norm encoder, when ``embedding_size`` equals ``hidden_size``.
+post-norm encoder, with ELECTRA-small's narrower embeddings.
 
 ELECTRA (Clark et al. 2020) keeps BERT's weight names under ``electra.``
 (:mod:`txblocks.hf.bert`). Its embeddings are ``embedding_size`` wide; when that differs
-from ``hidden_size``, HF projects them (``embeddings_project``), which txblocks has no
-counterpart for: such a config is refused. The generator's MLM head
+from ``hidden_size`` (ELECTRA-small: 128 and 256), the word, position and token-type
+tables, the embedding LayerNorm and its dropout are ``embedding_size`` wide and a linear
+layer with a bias (``embeddings_project``) maps the result to ``hidden_size``:
+``embedding {width: embedding_size}`` (``project_at: end``). The generator's MLM head
 (``generator_predictions.dense`` / ``LayerNorm``, ``generator_lm_head``) is txblocks'
-``mlm`` head with the exact GELU (fixed in HF, whatever ``hidden_act`` says).
+``mlm`` head with the exact GELU (fixed in HF, whatever ``hidden_act`` says); its dense layer
+maps ``hidden_size`` to ``embedding_size``, as the ``mlm`` head does for a narrower table.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.bert import WEIGHTS, _classifier_dropout, _config, _spec
+from txblocks.hf.bert import WEIGHTS as BERT_WEIGHTS
+from txblocks.hf.bert import _classifier_dropout, _config, _spec
 from txblocks.hf.family import ConfigView, HFFamily, HFHead
 from txblocks.hf.rules import Rule
 
 __all__ = ["ELECTRA"]
 
 
+WEIGHTS = (*BERT_WEIGHTS, Rule("embeddings_project.{p}", "embeddings.project.{p}"))
+
+
 def spec(c: ConfigView) -> dict[str, Any]:
     """The spec of an ElectraConfig (without head)."""
-    if c.embedding_size != c.hidden_size:
-        c.unsupported("embedding_size", (
-            f"differs from hidden_size ({c.hidden_size}): HF then projects the embeddings "
-            "(embeddings_project), which txblocks has no counterpart for; the small ELECTRA "
-            "generators and discriminators with embedding_size = hidden_size convert"))  # fmt: skip
-    return _spec(c, roberta=False)
+    data = _spec(c, roberta=False)
+    if c.embedding_size != c.hidden_size:  # HF projects them: embeddings_project
+        data["embedding"].update(width=c.embedding_size, project_at="end", project_bias=True)
+    return data
 
 
 def config(s: Any) -> dict[str, Any]:
     """ElectraConfig fields of a spec (checked by converting back)."""
-    return {**_config(s, roberta=False), "embedding_size": s.d_model}
+    return {**_config(s, roberta=False), "embedding_size": s.embedding.width or s.d_model}
 
 
 def _mlm(c: ConfigView) -> dict[str, Any]:

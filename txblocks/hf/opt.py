@@ -8,9 +8,12 @@ Positions read row ``p + 2`` of ``embed_positions``, ``p`` counted from the atte
 (left-padded rows start at 0: pass such ``position_ids`` to the txblocks model, whose
 default is ``0..T-1``; its ``generate`` counts them from the mask too).
 
-Refused: ``word_embed_proj_dim`` ≠ ``hidden_size`` (OPT-350m's ``project_in`` /
-``project_out``: txblocks has no projection between embeddings and blocks) and
-``do_layer_norm_before: false`` (OPT-350m's post-norm blocks).
+OPT-350m's two differences are spec fields: its token table is ``word_embed_proj_dim``
+(512) wide, projected to ``hidden_size`` (1024) right after the lookup by ``project_in`` and
+back after the last block by ``project_out`` (no biases; the output and the tied LM head
+are 512 wide): ``embedding {width: word_embed_proj_dim, project_at: tokens, project_bias:
+false, project_out: true}``; and its blocks are post-norm (``do_layer_norm_before: false``:
+``layout: post_norm``, no final norm).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ WEIGHTS = (
     Rule("decoder.layers.{i}.fc1.{p}", "blocks.{i}.ffn.up.{p}"),
     Rule("decoder.layers.{i}.fc2.{p}", "blocks.{i}.ffn.down.{p}"),
     Rule("decoder.final_layer_norm.{p}", "final_norm.{p}"),
+    Rule("decoder.project_in.weight", "embeddings.project.weight"),
+    Rule("decoder.project_out.weight", "project_out.weight"),
 )  # fmt: skip
 
 #: OPT's learned positions start at row 2 (fairseq's padding offset).
@@ -42,16 +47,12 @@ OFFSET = 2
 def spec(c: ConfigView) -> dict[str, Any]:
     """The spec of an OPTConfig (without head)."""
     d_model = c.hidden_size
-    if c.word_embed_proj_dim != d_model:
-        c.unsupported("word_embed_proj_dim", (
-            f"≠ hidden_size {d_model}: OPT-350m's project_in / project_out between the "
-            "embeddings and the blocks; txblocks has no such projection"
-        ))  # fmt: skip
-    if not c.do_layer_norm_before:
-        c.unsupported("do_layer_norm_before", (
-            "OPT-350m's post-norm blocks (and no final norm) are not mapped; only the pre-norm "
-            "OPT sizes are"
-        ))  # fmt: skip
+    embedding: dict[str, Any] = {"dropout": 0.0}
+    if c.word_embed_proj_dim != d_model:  # OPT-350m's project_in / project_out
+        embedding.update(width=c.word_embed_proj_dim, project_at="tokens", project_bias=False,
+                         project_out=True)
+    pre_norm = bool(c.do_layer_norm_before)  # False: OPT-350m's post-norm blocks
+    remove_final = c.get("_remove_final_layer_norm", False)
     if c.layerdrop:
         c.unsupported("layerdrop", "txblocks does not skip layers in training; set it to 0")
     affine = bool(c.layer_norm_elementwise_affine)
@@ -65,9 +66,9 @@ def spec(c: ConfigView) -> dict[str, Any]:
         "n_layers": c.num_hidden_layers,
         "n_heads": c.num_attention_heads,
         "position": {"type": "learned", "offset": OFFSET},
-        "embedding": {"dropout": 0.0},
+        "embedding": embedding,
         "block": {
-            "layout": "pre_norm",
+            "layout": "pre_norm" if pre_norm else "post_norm",
             "norm": norm,
             "attention": {"mask": "causal", "bias": bias, "fused_qkv": True,
                           "dropout": c.attention_dropout},
@@ -75,7 +76,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
                     "activation": activation(c, "activation_function"), "dropout": 0.0},
             "dropout": c.dropout,
         },
-        "final_norm": not c.get("_remove_final_layer_norm", False),
+        "final_norm": pre_norm and not remove_final,  # HF has none after post-norm blocks
         "init_std": c.init_std,
     }  # fmt: skip
 
@@ -88,14 +89,15 @@ def config(s: Any) -> dict[str, Any]:
         "vocab_size": s.vocab_size,
         "max_position_embeddings": s.max_seq_len,
         "hidden_size": s.d_model,
-        "word_embed_proj_dim": s.d_model,
+        "word_embed_proj_dim": s.embedding.width or s.d_model,
+        "do_layer_norm_before": block.layout != "post_norm",
         "num_hidden_layers": s.n_layers,
         "num_attention_heads": s.n_heads,
         "ffn_dim": ffn_hidden(block.ffn, s.d_model),
         "activation_function": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
         "enable_bias": bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias),
         "layer_norm_elementwise_affine": bool(getattr(block.norm, "affine", True)),
-        "_remove_final_layer_norm": not s.use_final_norm,
+        "_remove_final_layer_norm": block.layout != "post_norm" and not s.use_final_norm,
         "dropout": block.dropout,
         "attention_dropout": attention.dropout,
         "init_std": s.init_std,
