@@ -17,7 +17,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PIP) install --quiet --disable-pip-version-check $(TORCH)
-	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,docs]'
 	$(PIP) install --quiet --disable-pip-version-check --no-deps $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
