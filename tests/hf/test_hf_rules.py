@@ -102,14 +102,15 @@ def test_builtin_families_have_distinct_names_and_classes() -> None:
     names = [f.name for f in builtin_families()]
     assert names[:11] == ["gpt2", "bert", "roberta", "llama", "mistral", "qwen2", "mixtral", "t5",
                           "t5_encoder", "bart", "vit"]  # fmt: skip
-    assert len(set(names)) == len(names) == 38  # the 25 of issue 15, Gemma 2 and OLMo 2 (issue 16)
+    # the 25 of issue 15; Gemma 2, OLMo 2, UMT5 (and its encoder), ALBERT of issue 16
+    assert len(set(names)) == len(names) == 41
     classes = [h.hf_class for f in builtin_families() for h in f.heads]
     assert len(set(classes)) == len(classes)
     # one model_type per family, except the T5-style encoder-only classes, families of their
     # own arch (each named <family>_encoder)
     types = [f.model_type for f in builtin_families()]
     shared = sorted(t for t in set(types) if types.count(t) > 1)
-    assert shared == ["mt5", "switch_transformers", "t5"]
+    assert shared == ["mt5", "switch_transformers", "t5", "umt5"]
     assert {f"{t}_encoder" for t in shared} <= set(names)
     for family in builtin_families():
         assert family.heads[0].head_type is None  # the base model comes first
