@@ -210,14 +210,15 @@ def _components(node: Any, path: list[str | int]) -> Iterator[tuple[list[str | i
 
 def check_spec(spec: ModelSpec) -> list[Problem]:
     """Every cross-field problem of a validated spec (empty when it is consistent)."""
-    problems = [*_heads(spec), *_overrides(spec), *_vit(spec), *_cross_attention_layouts(spec)]
+    problems = [*_heads(spec), *_overrides(spec), *_vit(spec)]
     if problems:
         return problems  # the sizes below would be meaningless
     problems = list(size_problems(spec))
     if problems:
         return problems  # no component check is worth running on a model that cannot exist
     # each layer's block, through the overrides: after the layer count is known to be sane
-    problems = [*_block_combinations(spec), *_embedding(spec), *_share_layers(spec)]
+    problems = [*_block_combinations(spec), *_cross_attention_layouts(spec), *_embedding(spec),
+                *_share_layers(spec)]
     if problems:
         return problems
     dims = dims_of(spec)
