@@ -17,6 +17,7 @@ from txblocks.nn.attention import Attention
 from txblocks.nn.block import TransformerBlock
 from txblocks.nn.dims import ModelDims
 from txblocks.nn.embeddings import Embeddings
+from txblocks.nn.front_end import FrontEndInputs
 from txblocks.nn.model import Seq2SeqModel, TransformerModel, TransformerStack
 from txblocks.nn.vit import PatchEmbedding, VisionTransformer
 from txblocks.nn.width_norm import WidthNorm
@@ -186,28 +187,43 @@ def _final_norm(spec: ModelSpec) -> nn.Module | None:
     return spec.block.norm.build(spec.d_model) if spec.use_final_norm else None
 
 
+def _front_end(spec: ModelSpec, dims: ModelDims, embeddings: Embeddings | None = None) -> nn.Module:
+    """The module that turns raw inputs into the first hidden states: the spec's
+    ``front_end``, or the architecture's own (``embeddings``, or a ViT's patches)."""
+    patches = None
+    if isinstance(spec, VitSpec):
+        patches = {
+            "image_size": spec.image_hw, "patch_size": spec.patch_hw, "channels": spec.channels,
+            "dim": spec.d_model, "class_token": spec.class_token,
+            "register_tokens": spec.register_tokens, "position": spec.patch_position,
+            "dropout": spec.embedding_dropout,
+        }  # fmt: skip
+    if spec.front_end is None:
+        return embeddings if embeddings is not None else PatchEmbedding(**patches)  # type: ignore[arg-type]
+    return spec.front_end.build(FrontEndInputs(dims, spec.arch, embeddings, patches))
+
+
 def _stack(spec: TextSpec, dims: ModelDims, device: torch.device, stack: Stack,
            tokens: nn.Embedding | None = None) -> TransformerStack:
     blocks, masks = _stack_blocks(spec, dims, device, stack)
-    return TransformerStack(_embeddings(spec, tokens), _position(spec, dims), blocks, masks,
-                            _final_norm(spec))
+    embeddings = _embeddings(spec, tokens)
+    if stack == "encoder":
+        embeddings = _front_end(spec, dims, embeddings)  # type: ignore[assignment]
+    return TransformerStack(embeddings, _position(spec, dims), blocks, masks, _final_norm(spec))
 
 
 def _build(spec: ModelSpec, dims: ModelDims, device: torch.device) -> Model:
     if isinstance(spec, Seq2SeqSpec):
         encoder = _stack(spec, dims, device, "encoder")
         shared = encoder.embeddings.tokens if spec.shared_embeddings else None  # type: ignore[union-attr]
-        decoder_dims = ModelDims(**{**dims.__dict__, "n_layers": spec.stacks["decoder"]})
+        decoder_dims = ModelDims(**{**dims.__dict__, "n_layers": spec.stacks["decoder"],
+                                    "max_seq_len": spec.max_seq_len_of("decoder")})
         decoder = _stack(spec, decoder_dims, device, "decoder", shared)
         tokens = decoder.embeddings.tokens  # type: ignore[union-attr]
         head = spec.head.build(dims, tokens) if spec.head is not None else None
         return Seq2SeqModel(encoder, decoder, head)
     if isinstance(spec, VitSpec):
-        patches = PatchEmbedding(
-            spec.image_hw, spec.patch_hw, spec.channels, spec.d_model,
-            class_token=spec.class_token, register_tokens=spec.register_tokens,
-            position=spec.patch_position, dropout=spec.embedding_dropout,
-        )
+        patches = _front_end(spec, dims)
         blocks, masks = _stack_blocks(spec, dims, device, "encoder")
         head = spec.head.build(dims, None) if spec.head is not None else None
         return VisionTransformer(patches, spec.position.build(dims), blocks, masks,
@@ -215,7 +231,7 @@ def _build(spec: ModelSpec, dims: ModelDims, device: torch.device) -> Model:
     assert isinstance(spec, TextSpec)
     stack: Stack = "decoder" if spec.arch == "decoder" else "encoder"
     blocks, masks = _stack_blocks(spec, dims, device, stack)
-    embeddings = _embeddings(spec)
+    embeddings = _front_end(spec, dims, _embeddings(spec))
     project_out = _project_out(spec)
     head_dims = dims
     if project_out is not None:

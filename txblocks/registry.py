@@ -114,6 +114,7 @@ def _product_types() -> dict[str, tuple[type, str]]:
         "activation": module,
         "ffn": module,
         "head": module,
+        "front_end": module,
         "attention": (AttentionKernel, "a txblocks.attention.AttentionKernel"),
         "mask": (MaskStrategy, "a txblocks.attention.MaskStrategy"),
         "position": (PositionalScheme, "a txblocks.nn.PositionalScheme"),

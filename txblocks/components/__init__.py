@@ -6,6 +6,7 @@ from txblocks.components import (
     activations,
     attention,
     ffn,
+    front_ends,
     heads,
     masks,
     moe,
@@ -16,7 +17,8 @@ from txblocks.components import (
 from txblocks.hookspecs import hookimpl
 from txblocks.registry import Registry
 
-_MODULES = (activations, norms, ffn, attention, masks, positions, heads, moe, quantization)
+_MODULES = (activations, norms, ffn, attention, masks, positions, heads, moe, quantization,
+            front_ends)
 
 
 @hookimpl

@@ -67,6 +67,43 @@ def _session(model: Any, input_ids: Tensor, attention_mask: Tensor | None,
     raise TypeError(f"cannot generate with {type(model).__name__}")
 
 
+class _EmbedsSession(DecoderSession):
+    """A decoder prompt given as ``inputs_embeds`` (B, T, E): the prefill reads them, the
+    steps feed back the generated tokens. Its prompt has no tokens: (B, 0)."""
+
+    def __init__(self, model: TransformerModel, inputs_embeds: Tensor, attention_mask: Tensor | None,
+                 config: GenerationConfig) -> None:
+        if not isinstance(model, TransformerModel) or (
+                model.spec is not None and getattr(model.spec, "arch", "decoder") != "decoder"):
+            raise ValueError("generate(inputs_embeds=...) needs a decoder model")
+        if config.num_beams > 1 or config.compile:
+            raise ValueError("generate(inputs_embeds=...) does not do beam search nor compile; "
+                             "pass input_ids")
+        if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3:
+            raise ValueError("inputs_embeds must be a (batch, time, width) tensor")
+        batch, length = inputs_embeds.shape[:2]
+        limit = model.max_seq_len
+        if limit is not None and length + config.max_new_tokens > limit:
+            raise ValueError(
+                f"max_new_tokens {config.max_new_tokens} after a prompt of {length} positions "
+                f"needs {length + config.max_new_tokens}, more than this model's max_seq_len {limit}")
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+        super().__init__(model, attention_mask.long(), attention_mask, config.max_new_tokens)
+        self.inputs_embeds = inputs_embeds
+
+    @property
+    def prompt(self) -> Tensor:
+        return self.input_ids[:, :0]
+
+    def prefill(self) -> Tensor:
+        out = self.model(inputs_embeds=self.inputs_embeds, attention_mask=self.mask,
+                         position_ids=self.positions, cache=self.cache, logits_to_keep=1)
+        self.next_position = self.positions[:, -1:] + 1
+        self.cache.skip_input_checks = True
+        return out.logits[:, -1]
+
+
 def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> Tensor:
     if not config.do_sample:
         return logits.argmax(-1)
@@ -84,7 +121,14 @@ def stream(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
     Accepts the fields of :class:`GenerationConfig` as keywords (not beam search);
     ``compile=True`` streams from the compiled decoding step.
     """
+    inputs_embeds = settings.pop("inputs_embeds", None)
     config = GenerationConfig(**settings)
+    if inputs_embeds is not None:
+        if input_ids is not None:
+            raise ValueError("pass input_ids or inputs_embeds, not both")
+        yield from _stream_session(model, _EmbedsSession(model, inputs_embeds, attention_mask, config),
+                                   config, inputs_embeds.device)
+        return
     if config.num_beams > 1:
         raise ValueError("stream does not do beam search; use generate(num_beams=...)")
     if config.compile:
@@ -92,11 +136,18 @@ def stream(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
 
         yield from stream_compiled(model, input_ids, attention_mask, config)
         return
+    yield from _stream_session(model, lambda: _session(model, input_ids, attention_mask, config),
+                               config, input_ids.device)
+
+
+def _stream_session(model: Any, session: Any, config: GenerationConfig,
+                    device: torch.device) -> Iterator[Tensor]:
+    """Greedy or sampled decoding of ``session`` (or of what a callable returns), in eval mode."""
     was_training = model.training
     model.eval()
     try:
-        session = _session(model, input_ids, attention_mask, config)
-        generator = config.make_generator(input_ids.device)
+        session = session() if callable(session) else session
+        generator = config.make_generator(device)
         tokens = session.prompt
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         eos = torch.tensor(config.eos_token_id, device=tokens.device, dtype=torch.long)
@@ -117,7 +168,7 @@ def stream(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
 
 
 @torch.no_grad()
-def generate(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
+def generate(model: Any, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
              **settings: Any) -> Tensor:
     """Generate continuations.
 
@@ -131,10 +182,16 @@ def generate(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None
             ``length_penalty``, ``seed`` / ``generator``, ``decoder_start_token_id``,
             ``compile`` / ``compile_backend``: a compiled static-shape decoding step).
 
+        inputs_embeds: decoders, (B, T, E) instead of ``input_ids`` (rows standing for the
+            token table's, as in the forward); greedy or sampled only.
+
     Returns:
-        Decoders: (B, T + new) prompt and continuation. Seq2seq: (B, 1 + new) decoder
+        Decoders: (B, T + new) prompt and continuation; with ``inputs_embeds``, (B, new)
+        the continuation only. Seq2seq: (B, 1 + new) decoder
         tokens starting with the start token. Finished rows are padded with ``pad_token_id``.
     """
+    if settings.get("inputs_embeds") is not None:
+        return torch.stack(list(stream(model, input_ids, attention_mask, **settings)), dim=1)
     config = GenerationConfig(**settings)
     if config.compile:
         from txblocks.generation.compiled import generate_compiled

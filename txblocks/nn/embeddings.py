@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 ProjectAt = Literal["end", "tokens"]
@@ -42,17 +43,23 @@ class Embeddings(nn.Module):
         self.project = project
         self.project_at = project_at
 
-    def forward(self, input_ids: Tensor, positions: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> Tensor:
-        """``positions`` is the positional scheme's embedding (B|1, T, E or C), if it has one."""
-        x = self.tokens(input_ids)  # (B, T, E)
+    def forward(self, input_ids: Tensor | None, positions: Tensor | None = None,
+                token_type_ids: Tensor | None = None, *,
+                inputs_embeds: Tensor | None = None) -> Tensor:
+        """``positions`` is the positional scheme's embedding (B|1, T, E or C), if it has one.
+
+        ``inputs_embeds`` (B, T, E) replaces the token table's rows ``self.tokens(input_ids)``;
+        everything after the lookup (scale, projection, segments, positions, norm) still
+        applies, so ``inputs_embeds=self.tokens(input_ids)`` gives the same result.
+        """
+        x = self.tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, E)
         if self.scale is not None:
             x = x * self.scale
         if self.project is not None and self.project_at == "tokens":
             x = self.project(x)  # (B, T, C)
         if self.token_types is not None:
             if token_type_ids is None:
-                token_type_ids = input_ids.new_zeros(input_ids.shape)
+                token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
             x = x + self.token_types(token_type_ids)
         if positions is not None:
             x = x + positions

@@ -284,7 +284,11 @@ class TransformerStack(nn.Module):
         cache: KVCache | None = None,
         ids_name: str = "input_ids",
     ) -> tuple[Tensor, Tensor | None]:
-        """Embed (unless ``inputs_embeds`` is given) and run the blocks: (B, T, C), aux loss.
+        """Embed and run the blocks: (B, T, C), aux loss.
+
+        ``inputs_embeds`` (B, T, E) replaces ``input_ids``: in a stack with embeddings it
+        stands for the token table's rows (scale, segments, positions and the embedding norm
+        still apply); in one without (ViT), it is the first hidden state, positions added.
 
         With ``cache``, the tokens continue the cached ones: positions start at
         ``cache.position`` and ``attention_mask`` may cover the new tokens or all of them.
@@ -303,6 +307,12 @@ class TransformerStack(nn.Module):
                 raise ValueError(f"{ids_name} must be (batch, time), got shape {tuple(input_ids.shape)}")
             length, device = input_ids.shape[1], input_ids.device
         else:
+            embeds_name = ids_name.replace("input_ids", "inputs_embeds")
+            if input_ids is not None:
+                raise ValueError(f"pass {ids_name} or {embeds_name}, not both")
+            if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3:
+                shape = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__
+                raise ValueError(f"{embeds_name} must be (batch, time, width), got {shape}")
             length, device = inputs_embeds.shape[1], inputs_embeds.device
         if cache is None:
             _check_ids(input_ids if input_ids is not None else inputs_embeds[..., 0], attention_mask)
@@ -312,8 +322,9 @@ class TransformerStack(nn.Module):
         start = cache.position if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(start, start + length, device=device)[None]
-        if inputs_embeds is None:
-            x = self.embeddings(input_ids, self.position.embed(position_ids), token_type_ids)  # type: ignore[misc]
+        if self.embeddings is not None:  # inputs_embeds replace the token table's rows only
+            x = self.embeddings(input_ids, self.position.embed(position_ids), token_type_ids,
+                                inputs_embeds=inputs_embeds)
         else:
             extra = self.position.embed(position_ids)
             x = inputs_embeds if extra is None else inputs_embeds + extra
@@ -375,9 +386,10 @@ class TransformerModel(TransformerStack):
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
+        inputs_embeds: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
         seq_lens: list[list[int]] | None = None,
@@ -390,6 +402,8 @@ class TransformerModel(TransformerStack):
         Args:
             input_ids: (B, T) token ids.
             attention_mask: (B, T), 1 for real tokens and 0 for padding.
+            inputs_embeds: (B, T, E) instead of ``input_ids``: rows standing for the token
+                table's (``model.embeddings.tokens(input_ids)`` gives the same output).
             token_type_ids: (B, T) segment ids, for models with token types.
             position_ids: (B, T) positions; default 0..T-1.
             seq_lens: per row, the lengths of packed sequences (``block_diagonal`` masks).
@@ -399,7 +413,8 @@ class TransformerModel(TransformerStack):
             logits_to_keep: apply a per-token head (``lm``, ``token_classifier``) to the
                 last N positions only; generation's prefill needs 1. None = all.
         """
-        x, aux = self.run(input_ids, attention_mask, token_type_ids=token_type_ids,
+        x, aux = self.run(input_ids, attention_mask, inputs_embeds=inputs_embeds,
+                          token_type_ids=token_type_ids,
                           position_ids=position_ids, seq_lens=seq_lens, prefix_lengths=prefix_lengths,
                           cache=cache)
         head_mask = attention_mask if cache is None else None
@@ -412,8 +427,10 @@ class TransformerModel(TransformerStack):
         logits = self.head(head_in, head_mask) if self.head is not None else None
         return ModelOutput(last_hidden_state=x, logits=logits, aux_loss=aux, cache=cache)
 
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Tensor:
-        """Generate tokens; see :func:`txblocks.generation.generate` for the settings."""
+    def generate(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                 **settings: Any) -> Tensor:
+        """Generate tokens; see :func:`txblocks.generation.generate` for the settings
+        (``inputs_embeds=`` instead of ``input_ids``)."""
         from txblocks.generation import generate
 
         return generate(self, input_ids, attention_mask, **settings)
@@ -449,18 +466,24 @@ class Seq2SeqModel(nn.Module):
     def spec(self, value: Any) -> None:
         self.__dict__["_spec"] = value
         self.encoder.max_seq_len = self.decoder.max_seq_len = context_limit(value)
+        decoder_len = getattr(value, "decoder_max_seq_len", None)
+        if decoder_len is not None and self.decoder.max_seq_len is not None:
+            self.decoder.max_seq_len = decoder_len
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def encode(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
+               inputs_embeds: Tensor | None = None) -> Tensor:
         """The encoder output (B, S, C); pass it back as ``encoder_outputs`` to reuse it."""
-        return self.encoder.run(input_ids, attention_mask)[0]
+        return self.encoder.run(input_ids, attention_mask, inputs_embeds=inputs_embeds)[0]
 
     def forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
-        decoder_input_ids: Tensor,
+        decoder_input_ids: Tensor | None = None,
         decoder_attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        decoder_inputs_embeds: Tensor | None = None,
         encoder_outputs: Tensor | None = None,
         decoder_position_ids: Tensor | None = None,
         cache: KVCache | None = None,
@@ -472,21 +495,28 @@ class Seq2SeqModel(nn.Module):
             attention_mask: (B, S), 1 for real source tokens; masks cross-attention keys.
             decoder_input_ids: (B, T) target tokens (shifted right for training).
             decoder_attention_mask: (B, T), 1 for real target tokens.
+            inputs_embeds, decoder_inputs_embeds: (B, S, E), (B, T, E) instead of
+                ``input_ids``, ``decoder_input_ids``: rows standing for the token table's.
             encoder_outputs: (B, S, C) from :meth:`encode`.
             cache: from ``model.decoder.new_cache``; cross-attention keys and values are
                 computed on the first call and reused after.
         """
         enc_aux = None
         if encoder_outputs is None:
-            if input_ids is None:
-                raise ValueError("pass input_ids or encoder_outputs")
-            encoder_outputs, enc_aux = self.encoder.run(input_ids, attention_mask)
-        check_index_tensor(decoder_input_ids, "decoder_input_ids")
-        if cache is None:
-            _check_ids(decoder_input_ids, decoder_attention_mask, "decoder_input_ids",
-                       "decoder_attention_mask")
+            if input_ids is None and inputs_embeds is None:
+                raise ValueError("pass input_ids, inputs_embeds or encoder_outputs")
+            encoder_outputs, enc_aux = self.encoder.run(input_ids, attention_mask,
+                                                        inputs_embeds=inputs_embeds)
+        if decoder_inputs_embeds is None:
+            if decoder_input_ids is None:
+                raise ValueError("pass decoder_input_ids or decoder_inputs_embeds")
+            check_index_tensor(decoder_input_ids, "decoder_input_ids")
+            if cache is None:
+                _check_ids(decoder_input_ids, decoder_attention_mask, "decoder_input_ids",
+                           "decoder_attention_mask")
         x, dec_aux = self.decoder.run(
-            decoder_input_ids, decoder_attention_mask, position_ids=decoder_position_ids,
+            decoder_input_ids, decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
+            position_ids=decoder_position_ids,
             context=encoder_outputs, context_mask=attention_mask, cache=cache,
             ids_name="decoder_input_ids",
         )

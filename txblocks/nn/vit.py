@@ -50,21 +50,26 @@ class PatchEmbedding(nn.Module):
             ``sincos2d`` (fixed), or ``none``. Other image sizes interpolate the
             learned grid bicubically, as timm and Hugging Face do.
         dropout: on the result.
+        norm: a norm over every token (class, registers, patches, positions added) before
+            the dropout: CLIP's ``pre_layrnorm`` (Radford et al. 2021), or None.
+        bias: a bias on the patch projection (CLIP has none).
     """
 
     def __init__(self, image_size: tuple[int, int], patch_size: tuple[int, int], channels: int,
                  dim: int, *, class_token: bool = True, register_tokens: int = 0,
-                 position: PatchPosition = "learned", dropout: float = 0.0) -> None:
+                 position: PatchPosition = "learned", dropout: float = 0.0,
+                 norm: nn.Module | None = None, bias: bool = True) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
         self.dim = dim
-        self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size, bias=bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.registers = nn.Parameter(torch.zeros(1, register_tokens, dim)) if register_tokens else None
         self.position_kind = position
         rows = self.grid[0] * self.grid[1] + (1 if class_token else 0)
         self.position = nn.Parameter(torch.zeros(1, rows, dim)) if position == "learned" else None
+        self.norm = norm
         self.dropout = nn.Dropout(dropout)
 
     @property
@@ -108,7 +113,10 @@ class PatchEmbedding(nn.Module):
             prefix.append(cls.expand(x.shape[0], -1, -1))
         if self.registers is not None:
             prefix.append(self.registers.expand(x.shape[0], -1, -1))
-        return self.dropout(torch.cat([*prefix, x], dim=1))
+        x = torch.cat([*prefix, x], dim=1)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
 
 
 class VisionTransformer(TransformerStack):
@@ -126,9 +134,16 @@ class VisionTransformer(TransformerStack):
         self.head = head
         self.spec: Any = None
 
-    def forward(self, pixel_values: Tensor) -> ModelOutput:
-        """``pixel_values`` (B, C, H, W) -> hidden (B, P + N, D) and logits."""
-        tokens = self.patch_embed(pixel_values)
+    def forward(self, pixel_values: Tensor | None = None, *,
+                inputs_embeds: Tensor | None = None) -> ModelOutput:
+        """``pixel_values`` (B, C, H, W) -> hidden (B, P + N, D) and logits.
+
+        ``inputs_embeds`` (B, P + N, D) replaces what the patch embedding makes of the pixels
+        (class and register tokens, positions and its norm included); the blocks run on it.
+        """
+        if (pixel_values is None) == (inputs_embeds is None):
+            raise ValueError("pass pixel_values or inputs_embeds (one of them)")
+        tokens = self.patch_embed(pixel_values) if inputs_embeds is None else inputs_embeds
         x, aux = self.run(inputs_embeds=tokens)
         logits = None
         if self.head is not None:

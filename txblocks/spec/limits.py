@@ -181,9 +181,11 @@ def size_problems(spec: ModelSpec) -> Iterator[Problem]:
         yield Problem("layers" if spec.layers else "block.ffn.experts", (
             f"the model has {experts:,} routed experts over its layers; txblocks builds at most "
             f"{MAX_MODEL_EXPERTS:,} (txblocks.spec.limits.MAX_MODEL_EXPERTS)"))
-    if spec.max_seq_len > MAX_SEQ_LEN:
-        yield Problem("max_seq_len", f"{spec.max_seq_len:,} positions; txblocks builds at most "
-                      f"{MAX_SEQ_LEN:,} (txblocks.spec.limits.MAX_SEQ_LEN)")
+    for field in ("max_seq_len", "decoder_max_seq_len"):
+        value = getattr(spec, field, None)
+        if value is not None and value > MAX_SEQ_LEN:
+            yield Problem(field, f"{value:,} positions; txblocks builds at most "
+                          f"{MAX_SEQ_LEN:,} (txblocks.spec.limits.MAX_SEQ_LEN)")
     if params > MAX_PARAMS:
         field = max(terms, key=terms.__getitem__)
         yield Problem(field, f"the spec implies {implied}, over the limit of {MAX_PARAMS:,} "

@@ -282,6 +282,12 @@ class ModelSpec(SpecModel):
     n_kv_heads: PositiveInt | None = Field(None, description="Key/value heads (GQA); default n_heads.")
     head_dim: PositiveInt | None = Field(None, description="Default d_model // n_heads.")
     position: Slot["position"] = Field("learned", description="Positional scheme.")
+    front_end: Slot["front_end"] | None = Field(
+        None,
+        description="What turns the raw inputs into the first hidden states (the encoder's, "
+        "for seq2seq): tokens (token ids through `embedding`), patches (pixels, vit; with an "
+        "optional norm after it, CLIP); null: the architecture's own, tokens or patches.",
+    )
     block: BlockSpec = Field(default_factory=BlockSpec)
     layers: list[LayerOverride] = Field(
         default_factory=list, description="Per-layer overrides, applied in order."
@@ -402,6 +408,11 @@ class Seq2SeqSpec(TextSpec):
 
     arch: Literal["seq2seq"]
     decoder_layers: PositiveInt | None = Field(None, description="Decoder blocks; default n_layers.")
+    decoder_max_seq_len: PositiveInt | None = Field(
+        None,
+        description="Longest target sequence (the decoder's positions) when it differs from "
+        "max_seq_len, which is then the encoder's (Whisper: 1500 and 448); default max_seq_len.",
+    )
     cross_attention: AttentionOverride | None = Field(  # type: ignore[valid-type]
         None, description="Cross-attention fields that differ from block.attention (mask is ignored)."
     )
@@ -412,6 +423,12 @@ class Seq2SeqSpec(TextSpec):
     @property
     def stacks(self) -> dict[Stack, int]:
         return {"encoder": self.n_layers, "decoder": self.decoder_layers or self.n_layers}
+
+    def max_seq_len_of(self, stack: Stack) -> int:
+        """The longest sequence of ``stack``."""
+        if stack == "decoder" and self.decoder_max_seq_len is not None:
+            return self.decoder_max_seq_len
+        return self.max_seq_len
 
     def cross_attention_for(self, index: int) -> AttentionSpec:
         """Decoder layer ``index``'s cross-attention: its self-attention plus ``cross_attention``."""
