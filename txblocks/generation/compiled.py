@@ -1,5 +1,8 @@
 """``generate(..., compile=True)``: an eager prefill, then a compiled static-shape step.
 
+Seq2seq models encode the source and run the start token eagerly; the cross-attention keys
+and values that this first step computes stay fixed in the static cache for the later steps.
+
 The prefill runs the prompt eagerly (logits of the last position only) into an ordinary
 cache, which is copied into a :class:`~txblocks.nn.cache.StaticKVCache` of L slots; each
 later token runs :func:`~txblocks.generation.static_step.decode_step` compiled with
@@ -27,9 +30,10 @@ from torch import Tensor
 
 from txblocks.generation.config import GenerationConfig
 from txblocks.generation.static_sampling import DecodeState, Sampling, pick
-from txblocks.generation.static_step import decode_step, static_step_problems
+from txblocks.generation.sessions import _left_padded
+from txblocks.generation.static_step import decode_step, stack_and_head, static_step_problems
 from txblocks.nn.cache import StaticKVCache
-from txblocks.nn.model import TransformerModel
+from txblocks.nn.model import Seq2SeqModel, TransformerModel
 
 __all__ = ["CACHE_BUCKET", "CHECK_EVERY", "cache_length", "compiled_step", "generate_compiled",
            "stream_compiled"]
@@ -61,22 +65,24 @@ def compiled_step(model: TransformerModel, backend: str = "inductor") -> Callabl
 
 
 def _check(model: Any, config: GenerationConfig) -> None:
-    if not isinstance(model, TransformerModel) or (
-            model.spec is not None and getattr(model.spec, "arch", "decoder") != "decoder"):
+    seq2seq = isinstance(model, Seq2SeqModel)
+    if not (seq2seq or isinstance(model, TransformerModel)) or (
+            not seq2seq and model.spec is not None
+            and getattr(model.spec, "arch", "decoder") != "decoder"):
         kind = getattr(getattr(model, "spec", None), "arch", None) or type(model).__name__
-        raise ValueError(f"compile=True decodes decoder models only, not {kind}; "
+        raise ValueError(f"compile=True decodes decoder and seq2seq models only, not {kind}; "
                          "use compile=False (the default)")
     if config.num_beams > 1:
         raise ValueError("compile=True does not do beam search (num_beams > 1)")
     if model.head is None:
         raise ValueError("generation needs a model with an lm head")
-    problems = static_step_problems(model)
+    problems = static_step_problems(stack_and_head(model)[0])
     if problems:
         raise ValueError("compile=True cannot decode this model: " + "; ".join(problems))
 
 
 def _state(input_ids: Tensor, positions: Tensor, cache: StaticKVCache, vocab: int,
-           config: GenerationConfig, dtype: torch.dtype) -> DecodeState:
+           config: GenerationConfig) -> DecodeState:
     batch, prompt = input_ids.shape
     device = input_ids.device
     tokens = torch.full((batch, cache.capacity), config.pad_token_id, dtype=torch.long, device=device)
@@ -98,38 +104,66 @@ def _state(input_ids: Tensor, positions: Tensor, cache: StaticKVCache, vocab: in
     return state
 
 
-def _decode(model: TransformerModel, input_ids: Tensor, attention_mask: Tensor | None,
+def _prefill(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention_mask: Tensor | None,
+             config: GenerationConfig) -> tuple[Tensor, Tensor, Tensor, StaticKVCache]:
+    """Run the prompt eagerly: (the decoder's prompt (B, T), its positions (B, T), the logits
+    of its last position (B, V), the static cache holding its keys and values).
+
+    Seq2seq: the source is encoded once, the decoder's prompt is the start token, and the
+    cross-attention keys and values that its forward computes stay in the cache."""
+    stack, _ = stack_and_head(model)
+    param = next(model.parameters())
+    windows = [getattr(strategy, "cache_window", None) for strategy in stack.masks]
+    shapes = [(b.attention.n_kv_heads, b.attention.head_dim) for b in stack.blocks]
+    if isinstance(model, Seq2SeqModel):
+        batch = input_ids.shape[0]
+        start = config.decoder_start_token_id
+        start = config.pad_token_id if start is None else start
+        prompt = torch.full((batch, 1), start, dtype=torch.long, device=input_ids.device)
+        positions = torch.zeros_like(prompt)
+        encoded = model.encode(input_ids, attention_mask)
+        prefill = stack.new_cache(batch, 1)
+        logits = model(attention_mask=attention_mask, decoder_input_ids=prompt,
+                       encoder_outputs=encoded, cache=prefill).logits
+        length = cache_length(1 + config.max_new_tokens, stack.max_seq_len)
+        cache = StaticKVCache.empty(shapes, batch, length, dtype=param.dtype, device=param.device,
+                                    windows=windows)
+        cache.fill(prefill, None)
+        cache.context = encoded
+        cache.context_valid = attention_mask.bool() if attention_mask is not None else None
+        return prompt, positions, logits[:, -1], cache
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    _left_padded(mask)
+    batch, length = input_ids.shape
+    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    padding = mask if not bool(mask.all()) else None  # one host check, as DecoderSession
+    prefill = model.new_cache(batch, length)
+    logits = model(input_ids, padding, position_ids=positions, cache=prefill, logits_to_keep=1).logits
+    slots = cache_length(length + config.max_new_tokens, model.max_seq_len)
+    cache = StaticKVCache.empty(shapes, batch, slots, dtype=param.dtype, device=param.device,
+                                windows=windows)
+    cache.fill(prefill, padding)
+    return input_ids, positions, logits[:, -1], cache
+
+
+def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention_mask: Tensor | None,
             config: GenerationConfig, check_every: int) -> Iterator[DecodeState]:
     """Prefill, then yield the state after each new token (the device ``done`` flags are read
     every ``check_every`` steps; decoding stops early once every row is done)."""
     from txblocks.generation.decode import _check_request
-    from txblocks.generation.sessions import _left_padded
 
     _check(model, config)
     _check_request(model, input_ids, config)
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    _left_padded(mask)
     was_training = model.training
     model.eval()
     try:
-        batch, prompt = input_ids.shape
-        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        padding = mask if not bool(mask.all()) else None  # one host check, as DecoderSession
-        prefill = model.new_cache(batch, prompt)
-        logits = model(input_ids, padding, position_ids=positions, cache=prefill,
-                       logits_to_keep=1).logits
-        param = next(model.parameters())
-        length = cache_length(prompt + config.max_new_tokens, model.max_seq_len)
-        shapes = [(b.attention.n_kv_heads, b.attention.head_dim) for b in model.blocks]
-        cache = StaticKVCache.empty(shapes, batch, length, dtype=param.dtype, device=param.device)
-        cache.fill(prefill, padding)
-        del prefill
-        state = _state(input_ids, positions, cache, logits.shape[-1], config, param.dtype)
+        prompt, positions, logits, cache = _prefill(model, input_ids, attention_mask, config)
+        state = _state(prompt, positions, cache, logits.shape[-1], config)
         sampling = Sampling.of(config)
         generator = config.make_generator(input_ids.device)
         if state.noise is not None:
             state.noise.exponential_(generator=generator)
-        pick(logits[:, -1], state, sampling)  # the first new token, eagerly
+        pick(logits, state, sampling)  # the first new token, eagerly
         yield state
         step = compiled_step(model, config.compile_backend)
         for done in range(1, config.max_new_tokens):
@@ -149,22 +183,24 @@ def generate_compiled(model: TransformerModel, input_ids: Tensor, attention_mask
     """What :func:`~txblocks.generation.generate` returns, decoded by a compiled step.
 
     Args:
-        model: a decoder with an lm head (see :func:`static_step_problems` for what the
-            step supports).
-        input_ids: (B, T) prompts, left-padded in a batch.
+        model: a decoder or seq2seq model with an lm head (see :func:`static_step_problems`
+            for what the step supports).
+        input_ids: (B, T) prompts, left-padded in a batch (decoders), or (B, S) sources.
         attention_mask: (B, T), 0 on padding.
         config: with ``compile=True``; ``compile_backend`` picks the ``torch.compile``
             backend.
 
     Returns:
-        (B, T + new): the prompt and the continuation, finished rows padded.
+        (B, T + new): the prompt and the continuation (seq2seq: (B, 1 + new), the start token
+        first), finished rows padded.
 
     Raises:
         ValueError: a model or setting the compiled step does not support, naming it.
     """
     *_, state = _decode(model, input_ids, attention_mask, config, CHECK_EVERY)  # run to the end
     new = int(state.end.max()) if state.eos_ids is not None else config.max_new_tokens
-    return state.tokens[:, :input_ids.shape[1] + new].clone()
+    prompt = 1 if isinstance(model, Seq2SeqModel) else input_ids.shape[1]
+    return state.tokens[:, :prompt + new].clone()
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ class GenerationConfig(BaseModel):
     Greedy by default; ``do_sample`` draws from the distribution after temperature,
     top-k, top-p (nucleus, Holtzman et al. 2020) and repetition penalty (CTRL, Keskar
     et al. 2019). ``num_beams > 1`` runs beam search with ``length_penalty``.
-    ``compile=True`` runs the decoding steps of a decoder as one compiled static-shape
-    step (docs/generation-compiled.md).
+    ``compile=True`` runs the decoding steps of a decoder or seq2seq model as one compiled
+    static-shape step (docs/generation-compiled.md).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
@@ -35,7 +35,7 @@ class GenerationConfig(BaseModel):
     length_penalty: float = 1.0
     seed: int | None = None
     generator: torch.Generator | None = None
-    compile: bool = Field(False, description="Decode with a compiled static-shape step (decoders).")
+    compile: bool = Field(False, description="Decode with a compiled static-shape step (decoders, seq2seq).")
     compile_backend: str = Field(
         "inductor", description="torch.compile backend of that step; eager / aot_eager only trace.")
 

@@ -1,18 +1,21 @@
-"""One decoding step of a decoder model over a static cache: what ``compile=True`` compiles.
+"""One decoding step of a decoder (or a seq2seq decoder) over a static cache: what
+``compile=True`` compiles.
 
 A function over the model's own submodules (embeddings, positional scheme, blocks, final
-norm, head), not :meth:`TransformerStack.run`: every shape is fixed by (B, L), the slot and
-the positions are tensors, and nothing reads a value back to the host, so
-``torch.compile(fullgraph=True)`` traces it once per (batch, cache length, dtype).
+norm, head; for seq2seq the decoder stack, cross-attending to encoder keys and values
+computed once by the prefill), not :meth:`TransformerStack.run`: every shape is fixed by
+(B, L), the slot and the positions are tensors, and nothing reads a value back to the host,
+so ``torch.compile(fullgraph=True)`` traces it once per (batch, cache length, dtype).
 
 Shapes: B batch, L cache slots, C d_model, V vocabulary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from txblocks.attention.mask import AttentionMask
 from txblocks.attention.strategies import (
@@ -26,8 +29,8 @@ from txblocks.generation.static_mask import step_masks
 from txblocks.generation.static_moe import moe_all_experts, static_moe_problem
 from txblocks.generation.static_sampling import DecodeState, Sampling, pick
 from txblocks.nn.block import TransformerBlock
-from txblocks.nn.cache import StaticKVCache, StaticLayerCache
-from txblocks.nn.model import TransformerModel
+from txblocks.nn.cache import CrossCache, StaticKVCache, StaticLayerCache
+from txblocks.nn.model import Seq2SeqModel, TransformerModel, TransformerStack
 from txblocks.nn.moe import MoE
 from txblocks.nn.positional import PositionalScheme
 from txblocks.nn.positions import (
@@ -47,8 +50,9 @@ STATIC_MASKS = (CausalStrategy, SlidingWindowStrategy, FullStrategy, PrefixLMStr
                 BlockDiagonalStrategy)
 
 
-def static_step_problems(model: TransformerModel) -> list[str]:
-    """What keeps ``model`` from a compiled decoding step, each naming the part; empty if none."""
+def static_step_problems(model: TransformerStack) -> list[str]:
+    """What keeps the stack ``model`` (a decoder, or a seq2seq model's decoder) from a
+    compiled decoding step, each naming the part; empty if none."""
     problems = []
     position = type(model.position)
     if position not in STATIC_POSITIONS:
@@ -58,18 +62,22 @@ def static_step_problems(model: TransformerModel) -> list[str]:
         if not isinstance(strategy, STATIC_MASKS):
             allowed = ", ".join(cls.name for cls in STATIC_MASKS)
             problems.append(f"layer {i}: mask {strategy!r} (compile=True supports {allowed})")
-        if block.cross_attention is not None:
-            problems.append(f"layer {i}: cross-attention (compile=True decodes decoder-only models)")
         if isinstance(block.ffn, MoE) and (why := static_moe_problem(block.ffn)):
             problems.append(f"layer {i}: {why}")
     return problems
 
 
+def _post(norm: nn.Module | None, h: Tensor) -> Tensor:
+    return h if norm is None else norm(h)
+
+
 def _block(block: TransformerBlock, x: Tensor, mask: AttentionMask, rotate: Any,
-           cache: StaticLayerCache) -> Tensor:
-    """``block(x, mask, rotate, cache=cache)``, with an MoE ffn on its static path."""
+           cache: StaticLayerCache, context: Tensor | None, context_mask: AttentionMask | None,
+           cross_cache: CrossCache | None) -> Tensor:
+    """``block(x, mask, rotate, context, context_mask, cache=..., cross_cache=...)``, with an
+    MoE ffn on its static path (the rest of :meth:`TransformerBlock.forward`, step by step)."""
     if not isinstance(block.ffn, MoE):
-        return block(x, mask, rotate, cache=cache)[0]
+        return block(x, mask, rotate, context, context_mask, cache=cache, cross_cache=cross_cache)[0]
     moe, drop = block.ffn, block.dropout
 
     def attend(h: Tensor) -> Tensor:
@@ -78,33 +86,67 @@ def _block(block: TransformerBlock, x: Tensor, mask: AttentionMask, rotate: Any,
     def ffn(h: Tensor) -> Tensor:
         return moe_all_experts(moe, h)
 
-    if block.layout == "parallel":  # as TransformerBlock.forward
-        return x + drop(attend(block.norm1(x))) + drop(ffn(block.norm2(x)))
-    for norm, f in ((block.norm1, attend), (block.norm2, ffn)):
-        x = x + drop(f(norm(x))) if block.layout == "pre_norm" else norm(x + drop(f(x)))
+    if block.layout == "parallel":
+        h = block.norm1(x)
+        out = ffn(h if block.norm2 is None else block.norm2(x))
+        return (x + drop(_post(block.post_attention_norm, attend(h)))
+                + drop(_post(block.post_ffn_norm, out)))
+    steps: list[tuple[nn.Module, Callable[[Tensor], Tensor], nn.Module | None]] = [
+        (block.norm1, attend, block.post_attention_norm)]
+    if block.cross_attention is not None and block.norm_cross is not None:
+        cross = block.cross_attention
+
+        def cross_attend(h: Tensor) -> Tensor:
+            return cross(h, context_mask, context=context, cache=cross_cache)  # type: ignore[arg-type]
+
+        steps.append((block.norm_cross, cross_attend, None))
+    steps.append((block.norm2, ffn, block.post_ffn_norm))  # type: ignore[arg-type]
+    for norm, f, after in steps:
+        if block.layout == "pre_norm":
+            x = x + drop(_post(after, f(norm(x))))
+        elif block.layout == "post_norm":
+            x = norm(x + drop(_post(after, f(x))))
+        else:  # reordered_norm
+            x = x + drop(norm(f(x)))
     return x
 
 
-def forward_step(model: TransformerModel, cache: StaticKVCache, token: Tensor,
+def stack_and_head(model: TransformerModel | Seq2SeqModel) -> tuple[TransformerStack, nn.Module]:
+    """The stack a decoding step runs (a decoder, or a seq2seq model's decoder) and the head."""
+    stack = model.decoder if isinstance(model, Seq2SeqModel) else model
+    return stack, model.head  # type: ignore[return-value]
+
+
+def forward_step(model: TransformerModel | Seq2SeqModel, cache: StaticKVCache, token: Tensor,
                  position: Tensor) -> Tensor:
     """Logits (B, V) of ``token`` (B, 1) at ``position`` (B, 1), its keys and values written at
-    slot ``cache.index``."""
-    scheme = model.position
-    x = model.embeddings(token, scheme.embed(position))  # type: ignore[misc]  # (B, 1, C)
+    slot ``cache.index``; a seq2seq decoder cross-attends to the cached encoder keys."""
+    stack, head = stack_and_head(model)
+    scheme = stack.position
+    x = stack.embeddings(token, scheme.embed(position))  # type: ignore[misc]  # (B, 1, C)
     rotary = scheme.rotary(position)
 
     def rotate(t: Tensor) -> Tensor:
         return scheme.rotate(t, rotary)
 
-    masks = step_masks(model, cache, x.dtype)
-    for block, mask, layer in zip(model.blocks, masks, cache.layers, strict=True):
-        x = _block(block, x, mask, rotate if rotary is not None else None, layer)
-    if model.final_norm is not None:
-        x = model.final_norm(x)
-    return model.head(x, None)[:, -1]  # type: ignore[misc]
+    masks = step_masks(stack, cache, x.dtype)
+    context_mask = None
+    if cache.context is not None:  # as TransformerStack.run builds it
+        context_mask = stack._cross(1, cache.context.shape[1], key_padding=cache.context_valid,
+                                    q_offset=0)
+    crosses = iter(cache.cross)
+    for block, mask, layer in zip(stack.blocks, masks, cache.layers, strict=True):
+        cross = next(crosses) if block.cross_attention is not None else None
+        x = _block(block, x, mask, rotate if rotary is not None else None, layer,
+                   cache.context, context_mask, cross)
+    if stack.final_norm is not None:
+        x = stack.final_norm(x)
+    if stack.project_out is not None:
+        x = stack.project_out(x)
+    return head(x, None)[:, -1]
 
 
-def decode_step(model: TransformerModel, cache: StaticKVCache, state: DecodeState,
+def decode_step(model: TransformerModel | Seq2SeqModel, cache: StaticKVCache, state: DecodeState,
                 sampling: Sampling) -> None:
     """Feed the latest token, choose the next one: every tensor of ``cache`` and ``state``
     is updated in place (the slot and position advance by one)."""

@@ -120,13 +120,16 @@ class KVCache:
 
 
 class StaticLayerCache(LayerCache):
-    """Keys and values of one layer at a fixed length L, written at a position tensor.
+    """Keys and values of one layer at a fixed length, written at a position tensor.
 
     For a compiled decoding step: the buffers never change shape, the slot written is the
     tensor ``index`` (1,) shared by every layer (and advanced in place by the step), and
-    :meth:`append` returns the whole buffers, so a step attends over all L slots and masks
-    the ones not written yet (see ``txblocks.generation.static_mask``). Sliding-window
-    layers keep all L slots too (the mask applies the window); no rolling buffer.
+    :meth:`append` returns the whole buffers, so a step attends over all of them and masks
+    the ones not written yet (see ``txblocks.generation.static_mask``).
+
+    With ``window`` W < L (a sliding-window layer) the buffer is *rolling*: W slots, the key
+    of slot s stored at ``s % W``, so each slot holds the latest key of its residue class,
+    which is all a query within the window can see. Otherwise the buffer has L slots.
 
     Not for :meth:`~txblocks.nn.model.TransformerStack.run`, which slices keys by
     ``length``: the compiled step drives the blocks itself.
@@ -134,26 +137,43 @@ class StaticLayerCache(LayerCache):
     Args:
         batch, capacity, n_kv_heads, head_dim: B, L, Hkv, D.
         index: (1,) long, the slot of the next key.
+        window: the layer's ``cache_window`` (keys a query may see, itself included), or None.
     """
 
     def __init__(self, batch: int, capacity: int, n_kv_heads: int, head_dim: int, *,
-                 dtype: torch.dtype, device: torch.device, index: Tensor) -> None:
-        super().__init__(batch, capacity, n_kv_heads, head_dim, dtype=dtype, device=device)
+                 dtype: torch.dtype, device: torch.device, index: Tensor,
+                 window: int | None = None) -> None:
+        rolling = window is not None and window < capacity
+        super().__init__(batch, capacity, n_kv_heads, head_dim, dtype=dtype, device=device,
+                         window=window if rolling else None)
         self.index = index
+        #: Whether the buffer is rolling (W < L slots, slot s at s % W).
+        self.rolling = rolling
+
+    def slot(self) -> Tensor:
+        """(1,) long: where the key of slot ``index`` goes in the buffer."""
+        return self.index.remainder(self.capacity) if self.rolling else self.index
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write (B, 1, Hkv, D) keys and values at slot ``index``; return the (B, L, Hkv, D)
-        buffers. No host sync, no shape that depends on the slot."""
-        self.k.index_copy_(1, self.index, k)
-        self.v.index_copy_(1, self.index, v)
+        """Write (B, 1, Hkv, D) keys and values at slot ``index`` (rolling: ``index % W``);
+        return the (B, L or W, Hkv, D) buffers. No host sync, no shape that depends on the
+        slot."""
+        slot = self.slot()
+        self.k.index_copy_(1, slot, k)
+        self.v.index_copy_(1, slot, v)
         return self.k, self.v
 
     def fill(self, layer: LayerCache, end: int) -> None:
         """Copy the keys and values of a prefill (``layer`` holds the positions up to
-        ``end``; a rolling window buffer its last ``layer.length``) into slots ``..end``."""
-        held = layer.length
-        self.k[:, end - held:end] = layer.k[:, :held]
-        self.v[:, end - held:end] = layer.v[:, :held]
+        ``end``; a rolling window buffer its last ``layer.length``) into slots ``..end``
+        (rolling: the last W of them, slot s at ``s % W``)."""
+        held = min(layer.length, self.capacity)
+        slots = torch.arange(end - held, end, device=self.k.device)
+        if self.rolling:
+            slots = slots.remainder(self.capacity)
+        first = layer.length - held
+        self.k.index_copy_(1, slots, layer.k[:, first:layer.length].to(self.k.dtype))
+        self.v.index_copy_(1, slots, layer.v[:, first:layer.length].to(self.v.dtype))
         self.length = end
 
 
@@ -166,11 +186,18 @@ class StaticKVCache:
         index: (1,) long, the slot of the next token (the prompt fills ``0 .. T-1``).
         key_valid: (B, L) bool, False on the prompt's left padding; slots after the prompt
             are True (the causal part of the mask hides those not written yet).
+        cross: seq2seq decoders: one :class:`CrossCache` per cross-attending block, the
+            encoder's keys and values (fixed for the whole generation); else empty.
+        context: (B, S, C) the encoder output (seq2seq), or None.
+        context_valid: (B, S) bool, False on the source's padding, or None (no padding).
     """
 
     layers: list[StaticLayerCache]
     index: Tensor
     key_valid: Tensor
+    cross: list[CrossCache] = field(default_factory=list)
+    context: Tensor | None = None
+    context_valid: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -178,25 +205,31 @@ class StaticKVCache:
 
     @property
     def capacity(self) -> int:
-        """L, the slots of every layer."""
+        """L, the slots of the sequence (a rolling layer's buffer holds fewer)."""
         return self.key_valid.shape[1]
 
     @classmethod
     def empty(cls, shapes: list[tuple[int, int]], batch: int, capacity: int, *,
-              dtype: torch.dtype, device: torch.device) -> StaticKVCache:
-        """Zeroed buffers for layers of ``(n_kv_heads, head_dim)`` each; index 0, no padding."""
+              dtype: torch.dtype, device: torch.device,
+              windows: list[int | None] | None = None) -> StaticKVCache:
+        """Zeroed buffers for layers of ``(n_kv_heads, head_dim)`` each; index 0, no padding.
+        ``windows`` (one per layer, None for full attention) makes rolling buffers."""
         index = torch.zeros(1, dtype=torch.long, device=device)
-        layers = [StaticLayerCache(batch, capacity, heads, dim, dtype=dtype, device=device, index=index)
-                  for heads, dim in shapes]
+        windows = windows if windows is not None else [None] * len(shapes)
+        layers = [StaticLayerCache(batch, capacity, heads, dim, dtype=dtype, device=device,
+                                   index=index, window=window)
+                  for (heads, dim), window in zip(shapes, windows, strict=True)]
         key_valid = torch.ones(batch, capacity, dtype=torch.bool, device=device)
         return cls(layers, index, key_valid)
 
     def fill(self, prefill: KVCache, attention_mask: Tensor | None) -> None:
         """Take over a prefill's keys and values and padding: (B, T) ``attention_mask``, 0
-        on padding (None: none); the next slot is T."""
+        on padding (None: none); the next slot is T. Cross-attention keys and values (which
+        the prefill computed) are taken as they are."""
         end = prefill.position
         for static, layer in zip(self.layers, prefill.layers, strict=True):
             static.fill(layer, end)
+        self.cross = list(prefill.cross)
         self.key_valid.fill_(True)
         if attention_mask is not None:
             self.key_valid[:, :end] = attention_mask.bool()
