@@ -22,38 +22,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
-from txblocks.hf.family import HFFamily, HFHead
-from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
-from txblocks.hf.llama import _qkv_bias, _window, _windows, rope, rope_parameters
+from txblocks.hf.decoder_common import attention, decoder_config, glu, sizes
+from txblocks.hf.family import ConfigView, HFFamily, HFHead
+from txblocks.hf.llama import PROJECTIONS, _qkv_bias, layer_types_config, layer_windows, rope
+from txblocks.hf.llama import rope_parameters
 from txblocks.hf.rules import Rule
 
 __all__ = ["GEMMA2", "layer_windows"]
 
 WEIGHTS = (
-    *(rule for rule in LLAMA_WEIGHTS if "norm" not in rule.tx),
+    *PROJECTIONS,
     Rule("layers.{i}.input_layernorm.weight", "blocks.{i}.norm1.weight"),
     Rule("layers.{i}.post_attention_layernorm.weight", "blocks.{i}.post_attention_norm.weight"),
     Rule("layers.{i}.pre_feedforward_layernorm.weight", "blocks.{i}.norm2.weight"),
     Rule("layers.{i}.post_feedforward_layernorm.weight", "blocks.{i}.post_ffn_norm.weight"),
     Rule("norm.weight", "final_norm.weight"),
 )
-
-
-def layer_windows(c: ConfigView) -> tuple[Any, list[dict[str, Any]]]:
-    """The block's mask and the ``layers:`` overrides of ``layer_types`` (full and sliding
-    attention; other types are problems)."""
-    window, types = c.sliding_window, list(c.layer_types or [])
-    for kind in sorted(set(types) - {"full_attention", "sliding_attention"}):
-        why = f"layer type {kind!r}; supported: full_attention, sliding_attention"
-        c.unsupported("layer_types", why)
-    sliding = [i for i, kind in enumerate(types) if kind == "sliding_attention"]
-    if sliding and window is None:
-        c.unsupported("layer_types", "names sliding_attention layers but sliding_window is None")
-        sliding = []
-    if sliding and len(sliding) == c.num_hidden_layers:
-        return _window(window), []
-    return "causal", [{"select": sliding, "attention": {"mask": _window(window)}}] if sliding else []
 
 
 def _scale(c: ConfigView, head_dim: int) -> float | None:
@@ -71,14 +55,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
     bias = bool(c.attention_bias)
     mask, layers = layer_windows(c)
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": c.hidden_size,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
-        "n_kv_heads": c.num_key_value_heads or c.num_attention_heads,
-        "head_dim": head_dim,
+        **sizes(c, head_dim=head_dim),
         "position": rope(c),
         "block": {
             "layout": "pre_norm",
@@ -86,12 +63,10 @@ def spec(c: ConfigView) -> dict[str, Any]:
             "post_attention_norm": True,
             "post_ffn_norm": True,
             "attention": {
-                "mask": mask, "bias": bias, "qkv_bias": bias, "out_bias": bias,
-                "fused_qkv": True, "dropout": c.attention_dropout,
+                **attention(c, mask, qkv_bias=bias, out_bias=bias),
                 "softcap": c.attn_logit_softcapping, "scale": _scale(c, head_dim),
             },
-            "ffn": {"type": "glu", "hidden": c.intermediate_size, "bias": False, "dropout": 0.0,
-                    "activation": activation(c, "hidden_activation")},
+            "ffn": glu(c, activation_key="hidden_activation"),
             "dropout": 0.0,
         },
         "embedding": {"scale": "sqrt_d_model", "dropout": 0.0},
@@ -110,29 +85,16 @@ def _scalar(scale: float | None, head_dim: int) -> float | int:
 
 def config(s: Any) -> dict[str, Any]:
     """Gemma2Config fields of a spec (checked by converting back)."""
-    block = s.block
-    attention = block.attention
-    windows = _windows(s)
-    used = {w for w in windows if w is not None}
+    attention = s.block.attention
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "num_key_value_heads": s.kv_heads,
+        **decoder_config(s, "hidden_activation"),
+        **layer_types_config(s),
         "head_dim": s.head_size,
         "rope_parameters": rope_parameters(s.position),
-        "rms_norm_eps": getattr(block.norm, "eps", 1e-6),
+        "rms_norm_eps": getattr(s.block.norm, "eps", 1e-6),
         "attention_bias": _qkv_bias(s),
-        "attention_dropout": attention.dropout,
         "query_pre_attn_scalar": _scalar(attention.scale, s.head_size),
         "attn_logit_softcapping": attention.softcap,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_activation": hf_activation(getattr(block.ffn, "activation", None)),
-        "sliding_window": used.pop() if len(used) == 1 else None,
-        "layer_types": ["full_attention" if w is None else "sliding_attention" for w in windows],
-        "initializer_range": s.init_std,
     }
 
 

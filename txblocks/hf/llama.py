@@ -18,22 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, glu, sizes
+from txblocks.hf.family import ConfigView, HFFamily, HFHead
 from txblocks.hf.rules import Rule
 
 __all__ = ["LLAMA", "MISTRAL", "QWEN2"]
 
 WEIGHTS = (
-    Rule("embed_tokens.weight", "embeddings.tokens.weight"),
-    Rule(
-        (
-            "layers.{i}.self_attn.q_proj.{p}",
-            "layers.{i}.self_attn.k_proj.{p}",
-            "layers.{i}.self_attn.v_proj.{p}",
-        ),
-        "blocks.{i}.attention.qkv.{p}",
-        "concat",
-    ),
+    EMBED_TOKENS,
+    QKV,
     Rule("layers.{i}.self_attn.o_proj.{p}", "blocks.{i}.attention.out.{p}"),
     Rule(
         ("layers.{i}.mlp.gate_proj.{p}", "layers.{i}.mlp.up_proj.{p}"),
@@ -45,6 +38,9 @@ WEIGHTS = (
     Rule("layers.{i}.post_attention_layernorm.weight", "blocks.{i}.norm2.weight"),
     Rule("norm.weight", "final_norm.weight"),
 )
+
+#: The rules without the norms', for the families that norm elsewhere.
+PROJECTIONS = tuple(rule for rule in WEIGHTS if "norm" not in rule.tx)
 
 # rope_type -> {HF key: txblocks scaling key}
 _SCALINGS = {
@@ -120,24 +116,13 @@ def _spec(
     layers: list[dict[str, Any]],
 ) -> dict[str, Any]:
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": c.hidden_size,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
-        "n_kv_heads": c.num_key_value_heads or c.num_attention_heads,
-        "head_dim": c.get("head_dim") or c.hidden_size // c.num_attention_heads,
+        **sizes(c),
         "position": rope(c),
         "block": {
             "layout": "pre_norm",
             "norm": {"type": "rmsnorm", "eps": c.rms_norm_eps},
-            "attention": {
-                "mask": mask, "bias": out_bias, "qkv_bias": qkv_bias, "out_bias": out_bias,
-                "fused_qkv": True, "dropout": c.attention_dropout,
-            },
-            "ffn": {"type": "glu", "hidden": c.intermediate_size, "bias": mlp_bias, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
+            "attention": attention(c, mask, qkv_bias=qkv_bias, out_bias=out_bias),
+            "ffn": glu(c, bias=mlp_bias),
             "dropout": 0.0,
         },
         "embedding": {"dropout": 0.0},
@@ -147,27 +132,50 @@ def _spec(
 
 
 def _common_config(s: Any) -> dict[str, Any]:
-    block = s.block
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "num_key_value_heads": s.kv_heads,
+        **decoder_config(s),
         "head_dim": s.head_size,
         "rope_parameters": rope_parameters(s.position),
-        "rms_norm_eps": getattr(block.norm, "eps", 1e-6),
-        "attention_dropout": block.attention.dropout,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
-        "initializer_range": s.init_std,
+        "rms_norm_eps": getattr(s.block.norm, "eps", 1e-6),
     }
 
 
 def _windows(s: Any) -> list[int | None]:
     """Each layer's sliding window (None for plain causal)."""
     return [getattr(s.block_for(i).attention.mask, "window", None) for i in range(s.n_layers)]
+
+
+def single_window(s: Any) -> int | None:
+    """The one sliding window of every layer (None where there is none, or several)."""
+    windows = set(_windows(s))
+    return windows.pop() if len(windows) == 1 else None
+
+
+def layer_windows(c: ConfigView) -> tuple[Any, list[dict[str, Any]]]:
+    """The block's mask and the ``layers:`` overrides of ``layer_types`` (full and sliding
+    attention; other types are problems)."""
+    window, types = c.sliding_window, list(c.layer_types or [])
+    for kind in sorted(set(types) - {"full_attention", "sliding_attention"}):
+        why = f"layer type {kind!r}; supported: full_attention, sliding_attention"
+        c.unsupported("layer_types", why)
+    sliding = [i for i, kind in enumerate(types) if kind == "sliding_attention"]
+    if sliding and window is None:
+        c.unsupported("layer_types", "names sliding_attention layers but sliding_window is None")
+        sliding = []
+    if sliding and len(sliding) == c.num_hidden_layers:
+        return _window(window), []
+    layers = [{"select": sliding, "attention": {"mask": _window(window)}}] if sliding else []
+    return "causal", layers
+
+
+def layer_types_config(s: Any) -> dict[str, Any]:
+    """``sliding_window`` (where the windowed layers share one) and ``layer_types`` of a spec."""
+    windows = _windows(s)
+    used = {w for w in windows if w is not None}
+    return {
+        "sliding_window": used.pop() if len(used) == 1 else None,
+        "layer_types": ["full_attention" if w is None else "sliding_attention" for w in windows],
+    }
 
 
 def _qkv_bias(s: Any) -> bool:
@@ -198,8 +206,7 @@ def mistral_spec(c: ConfigView) -> dict[str, Any]:
 
 
 def mistral_config(s: Any) -> dict[str, Any]:
-    windows = set(_windows(s))
-    return {**_common_config(s), "sliding_window": windows.pop() if len(windows) == 1 else None}
+    return {**_common_config(s), "sliding_window": single_window(s)}
 
 
 # --- Qwen2 ------------------------------------------------------------------------------
@@ -208,32 +215,15 @@ def mistral_config(s: Any) -> dict[str, Any]:
 def qwen2_spec(c: ConfigView) -> dict[str, Any]:
     for folded in ("use_sliding_window", "max_window_layers"):  # HF folds them into layer_types
         c.get(folded)
-    window, types = c.sliding_window, list(c.layer_types or [])
-    for kind in sorted(set(types) - {"full_attention", "sliding_attention"}):
-        why = f"layer type {kind!r}; supported: full_attention, sliding_attention"
-        c.unsupported("layer_types", why)
-    sliding = [i for i, kind in enumerate(types) if kind == "sliding_attention"]
-    if sliding and window is None:
-        c.unsupported("layer_types", "names sliding_attention layers but sliding_window is None")
-        sliding = []
-    if sliding and len(sliding) == c.num_hidden_layers:
-        mask, layers = _window(window), []
-    else:
-        mask = "causal"
-        layers = [{"select": sliding, "attention": {"mask": _window(window)}}] if sliding else []
+    mask, layers = layer_windows(c)
     return _spec(c, qkv_bias=True, out_bias=False, mlp_bias=False, mask=mask, layers=layers)
 
 
 def qwen2_config(s: Any) -> dict[str, Any]:
-    windows = _windows(s)
-    used = {w for w in windows if w is not None}
-    sliding = [w is not None for w in windows]
-    out = {**_common_config(s), "use_sliding_window": bool(used),
-           "sliding_window": used.pop() if len(used) == 1 else None}  # fmt: skip
-    out["layer_types"] = ["sliding_attention" if x else "full_attention" for x in sliding]
+    sliding = [w is not None for w in _windows(s)]
     first = next((i for i, x in enumerate(sliding) if x), len(sliding))
-    out["max_window_layers"] = first
-    return out
+    return {**_common_config(s), "use_sliding_window": any(sliding), **layer_types_config(s),
+            "max_window_layers": first}  # fmt: skip
 
 
 def _family(

@@ -17,7 +17,7 @@ from typing import Any
 
 from txblocks.hf.family import ConfigView, activation, hf_activation
 from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
-from txblocks.hf.llama import _common_config, _family, _spec, _window, _windows
+from txblocks.hf.llama import _common_config, _family, _spec, _window, single_window
 from txblocks.hf.rules import Rule
 
 __all__ = ["MIXTRAL"]
@@ -62,7 +62,6 @@ def config(s: Any) -> dict[str, Any]:
     """MixtralConfig fields of a spec (checked by converting back)."""
     moe = s.block.ffn
     expert = getattr(moe, "expert", None)
-    windows = set(_windows(s))
     return {
         **_common_config(s),
         "intermediate_size": getattr(expert, "hidden", None),
@@ -70,7 +69,7 @@ def config(s: Any) -> dict[str, Any]:
         "num_local_experts": getattr(moe, "experts", None),
         "num_experts_per_tok": getattr(moe, "top_k", None),
         "router_aux_loss_coef": getattr(moe, "aux_loss_coef", 0.0),
-        "sliding_window": windows.pop() if len(windows) == 1 else None,
+        "sliding_window": single_window(s),
     }
 
 

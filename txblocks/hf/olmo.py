@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
-from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
-from txblocks.hf.llama import _family, _qkv_bias, rope, rope_parameters
+from txblocks.hf.decoder_common import attention, decoder_config, glu, head_dim_field, sizes
+from txblocks.hf.family import ConfigView
+from txblocks.hf.llama import PROJECTIONS, _family, _qkv_bias, rope, rope_parameters
 
 __all__ = ["OLMO"]
 
 #: HF's ``OlmoLayerNorm`` hard-codes its epsilon.
 EPS = 1e-5
 
-WEIGHTS = tuple(rule for rule in LLAMA_WEIGHTS if "norm" not in rule.tx)
+WEIGHTS = PROJECTIONS
 
 
 def spec(c: ConfigView) -> dict[str, Any]:
@@ -33,24 +33,13 @@ def spec(c: ConfigView) -> dict[str, Any]:
                       "attention has no clamp")
     bias = bool(c.attention_bias)
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": c.hidden_size,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
-        "n_kv_heads": c.num_key_value_heads,
-        "head_dim": c.get("head_dim") or c.hidden_size // c.num_attention_heads,
+        **sizes(c, n_kv_heads=c.num_key_value_heads),
         "position": rope(c),
         "block": {
             "layout": "pre_norm",
             "norm": {"type": "layernorm", "eps": EPS, "affine": False, "bias": False},
-            "attention": {
-                "mask": "causal", "bias": bias, "qkv_bias": bias, "out_bias": bias,
-                "fused_qkv": True, "dropout": c.attention_dropout,
-            },
-            "ffn": {"type": "glu", "hidden": c.intermediate_size, "bias": False, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
+            "attention": attention(c, "causal", qkv_bias=bias, out_bias=bias),
+            "ffn": glu(c),
             "dropout": 0.0,
         },
         "embedding": {"dropout": 0.0},
@@ -60,24 +49,12 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """OlmoConfig fields of a spec (checked by converting back)."""
-    block = s.block
-    out = {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "num_key_value_heads": s.kv_heads,
+    return {
+        **decoder_config(s),
         "rope_parameters": rope_parameters(s.position),
         "attention_bias": _qkv_bias(s),
-        "attention_dropout": block.attention.dropout,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
-        "initializer_range": s.init_std,
+        **head_dim_field(s),  # not an OlmoConfig field; read when set
     }
-    if s.head_size != s.d_model // s.n_heads:
-        out["head_dim"] = s.head_size  # not an OlmoConfig field; read when set
-    return out
 
 
 OLMO = _family("olmo", "Olmo", spec, config, weights=WEIGHTS, ignored={})

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
-from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
-from txblocks.hf.llama import _family, _qkv_bias, rope, rope_parameters
+from txblocks.hf.decoder_common import attention, decoder_config, glu, head_dim_field, sizes
+from txblocks.hf.family import ConfigView
+from txblocks.hf.llama import PROJECTIONS, _family, _qkv_bias, rope, rope_parameters
 from txblocks.hf.rules import Rule
 
 __all__ = ["OLMO2"]
 
 WEIGHTS = (
-    *(rule for rule in LLAMA_WEIGHTS if "norm" not in rule.tx),
+    *PROJECTIONS,
     Rule("layers.{i}.post_attention_layernorm.weight", "blocks.{i}.norm1.weight"),
     Rule("layers.{i}.post_feedforward_layernorm.weight", "blocks.{i}.norm2.weight"),
     Rule("layers.{i}.self_attn.q_norm.weight", "blocks.{i}.attention.q_norm.norm.weight"),
@@ -37,25 +37,16 @@ def spec(c: ConfigView) -> dict[str, Any]:
     bias = bool(c.attention_bias)
     norm = {"type": "rmsnorm", "eps": c.rms_norm_eps}
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": c.hidden_size,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
-        "n_kv_heads": c.num_key_value_heads or c.num_attention_heads,
-        "head_dim": c.get("head_dim") or c.hidden_size // c.num_attention_heads,
+        **sizes(c),
         "position": rope(c),
         "block": {
             "layout": "reordered_norm",
             "norm": norm,
             "attention": {
-                "mask": "causal", "bias": bias, "qkv_bias": bias, "out_bias": bias,
-                "fused_qkv": True, "dropout": c.attention_dropout,
+                **attention(c, "causal", qkv_bias=bias, out_bias=bias),
                 "qk_norm": norm, "qk_norm_over": "width",
             },
-            "ffn": {"type": "glu", "hidden": c.intermediate_size, "bias": False, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
+            "ffn": glu(c),
             "dropout": 0.0,
         },
         "embedding": {"dropout": 0.0},
@@ -65,25 +56,13 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """Olmo2Config fields of a spec (checked by converting back)."""
-    block = s.block
-    out = {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "num_key_value_heads": s.kv_heads,
+    return {
+        **decoder_config(s),
         "rope_parameters": rope_parameters(s.position),
-        "rms_norm_eps": getattr(block.norm, "eps", 1e-5),
+        "rms_norm_eps": getattr(s.block.norm, "eps", 1e-5),
         "attention_bias": _qkv_bias(s),
-        "attention_dropout": block.attention.dropout,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
-        "initializer_range": s.init_std,
+        **head_dim_field(s),  # not an Olmo2Config field; read when set
     }
-    if s.head_size != s.d_model // s.n_heads:
-        out["head_dim"] = s.head_size  # not an Olmo2Config field; read when set
-    return out
 
 
 OLMO2 = _family("olmo2", "Olmo2", spec, config, weights=WEIGHTS, ignored={})

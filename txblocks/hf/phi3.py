@@ -14,14 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.family import ConfigView
-from txblocks.hf.llama import _common_config, _family, _rope_parameters, _spec, _window, _windows
-from txblocks.hf.llama import rope, rope_parameters
+from txblocks.hf.decoder_common import EMBED_TOKENS, head_dim_field
+from txblocks.hf.llama import _common_config, _family, _rope_parameters, _spec, _window
+from txblocks.hf.llama import rope, rope_parameters, single_window
 from txblocks.hf.rules import Rule
 
 __all__ = ["PHI3", "RopeView", "partial_rope", "partial_rope_parameters"]
 
 WEIGHTS = (
-    Rule("embed_tokens.weight", "embeddings.tokens.weight"),
+    EMBED_TOKENS,
     Rule("layers.{i}.self_attn.qkv_proj.weight", "blocks.{i}.attention.qkv.weight"),
     Rule("layers.{i}.self_attn.o_proj.weight", "blocks.{i}.attention.out.weight"),
     Rule("layers.{i}.mlp.gate_up_proj.weight", "blocks.{i}.ffn.gate_up.weight"),
@@ -92,13 +93,10 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """Phi3Config fields of a spec (checked by converting back)."""
-    windows = set(_windows(s))
     out = {**_common_config(s), "rope_parameters": partial_rope_parameters(s.position),
-           "resid_pdrop": s.block.dropout,
-           "sliding_window": windows.pop() if len(windows) == 1 else None}  # fmt: skip
-    if out["head_dim"] == s.d_model // s.n_heads:
-        del out["head_dim"]  # not a Phi3Config field; Phi-3 reads it only when set
-    return out
+           "resid_pdrop": s.block.dropout, "sliding_window": single_window(s)}  # fmt: skip
+    del out["head_dim"]
+    return {**out, **head_dim_field(s)}  # not a Phi3Config field; Phi-3 reads it only when set
 
 
 PHI3 = _family(

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
+from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, glu, sizes
+from txblocks.hf.family import ConfigView
 from txblocks.hf.llama import _family, _qkv_bias
 from txblocks.hf.phi3 import partial_rope, partial_rope_parameters
 from txblocks.hf.rules import Rule
@@ -28,16 +29,8 @@ from txblocks.hf.rules import Rule
 __all__ = ["STABLELM"]
 
 WEIGHTS = (
-    Rule("embed_tokens.weight", "embeddings.tokens.weight"),
-    Rule(
-        (
-            "layers.{i}.self_attn.q_proj.{p}",
-            "layers.{i}.self_attn.k_proj.{p}",
-            "layers.{i}.self_attn.v_proj.{p}",
-        ),
-        "blocks.{i}.attention.qkv.{p}",
-        "concat",
-    ),
+    EMBED_TOKENS,
+    QKV,
     Rule("layers.{i}.self_attn.o_proj.weight", "blocks.{i}.attention.out.weight"),
     Rule(
         ("layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.up_proj.weight"),
@@ -61,25 +54,16 @@ def spec(c: ConfigView) -> dict[str, Any]:
                       "drops both branches. It acts in training only: set it to 0 to convert")
     position = partial_rope(c, c.hidden_size // c.num_attention_heads)
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": c.hidden_size,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
-        "n_kv_heads": c.num_key_value_heads,
-        "head_dim": c.hidden_size // c.num_attention_heads,  # StableLM ignores a head_dim
+        # StableLM ignores a head_dim
+        **sizes(c, n_kv_heads=c.num_key_value_heads,
+                head_dim=c.hidden_size // c.num_attention_heads),
         "position": position,
         "block": {
             "layout": "parallel" if c.use_parallel_residual else "pre_norm",
             "shared_norm": bool(c.use_parallel_residual),
             "norm": {"type": "layernorm", "eps": c.layer_norm_eps, "bias": True, "affine": True},
-            "attention": {
-                "mask": "causal", "bias": False, "qkv_bias": bool(c.use_qkv_bias),
-                "out_bias": False, "fused_qkv": True, "dropout": c.attention_dropout,
-            },
-            "ffn": {"type": "glu", "hidden": c.intermediate_size, "bias": False, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
+            "attention": attention(c, "causal", qkv_bias=bool(c.use_qkv_bias), out_bias=False),
+            "ffn": glu(c),
             "dropout": 0.0,
         },
         "embedding": {"dropout": 0.0},
@@ -89,22 +73,12 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """StableLmConfig fields of a spec (checked by converting back)."""
-    block = s.block
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "num_key_value_heads": s.kv_heads,
+        **decoder_config(s),
         "rope_parameters": partial_rope_parameters(s.position),
-        "layer_norm_eps": getattr(block.norm, "eps", 1e-5),
+        "layer_norm_eps": getattr(s.block.norm, "eps", 1e-5),
         "use_qkv_bias": _qkv_bias(s),
-        "use_parallel_residual": block.layout == "parallel",
-        "attention_dropout": block.attention.dropout,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
-        "initializer_range": s.init_std,
+        "use_parallel_residual": s.block.layout == "parallel",
     }
 
 
