@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from txblocks.hf.clip_text import CLIP_TEXT
+from txblocks.hf.clip_vision import CLIP_VISION
 from txblocks.hf.deit import DEIT
 from txblocks.hf.distilbert import DISTILBERT
 from txblocks.hf.electra import ELECTRA
@@ -20,5 +21,5 @@ __all__ = ["FAMILIES"]
 #: The families of this group, in the order ``to_hf`` tries them.
 FAMILIES: tuple[HFFamily, ...] = (
     XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER, MBART, MARIAN, PEGASUS,
-    SWITCH, SWITCH_ENCODER, QWEN2_MOE, DEIT, CLIP_TEXT,
+    SWITCH, SWITCH_ENCODER, QWEN2_MOE, DEIT, CLIP_TEXT, CLIP_VISION,
 )  # fmt: skip
