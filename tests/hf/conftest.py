@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 
 
@@ -124,6 +125,60 @@ def decoder_greedy(hf: Any, new: int = 20) -> None:
     assert torch.equal(expected, got), f"\nHF:\n{expected}\ntxblocks:\n{got}"
     for row in expected[:, -new:]:
         assert len(set(row.tolist())) >= 4  # not stuck on a few tokens
+
+
+# A tiny Llama-style config (d_model 48, GQA 6/2) for the families that name their options
+# the Llama way (OLMo, Gemma, StableLM, Starcoder2, Phi-3, Qwen3, ...).
+TINY_DECODER = {"num_hidden_layers": 2, "hidden_size": 48, "num_attention_heads": 6,
+                "num_key_value_heads": 2, "vocab_size": 97, "intermediate_size": 40,
+                "max_position_embeddings": 64, "initializer_range": 0.1,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 500.0},
+                **DECODER_IDS}  # fmt: skip
+
+
+def tiny_decoder(config_class: str, cls: str, config: dict[str, Any],
+                 qk: tuple[str, ...] = ("q_proj", "k_proj"),
+                 factor: float = 3.0) -> Callable[[], Any]:
+    """A factory of ``transformers.<cls>`` on ``<config_class>(**config)`` (the config built
+    now): every parameter perturbed (seed 0), those named by ``qk`` times ``factor``."""
+    import transformers
+
+    hf_config = getattr(transformers, config_class)(**config)
+    return lambda: scaled(perturbed(lambda: getattr(transformers, cls)(hf_config)), qk, factor)
+
+
+def _call(factory: Callable[[], Any]) -> Any:
+    return factory()
+
+
+def decoder_checks(
+    cases: dict[str, Any],
+    *,
+    make: Callable[[Any], Any] = _call,
+    check_positions: bool = True,
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """A decoder family's parity test (every case, padded on either side) and round-trip test,
+    for a test module to bind: ``test_same_numbers, test_round_trip = decoder_checks(CASES)``.
+
+    Args:
+        cases: case name -> what ``make`` turns into an HF model.
+        make: builds a case's model (by default calls it; ``perturbed`` for a class factory).
+        check_positions: assert :func:`positions_matter` on each model before the parity.
+    """
+
+    @pytest.mark.parametrize("side", ["right", "left"])
+    @pytest.mark.parametrize("case", list(cases))
+    def test_same_numbers(case: str, side: str) -> None:
+        hf = make(cases[case])
+        if check_positions:
+            positions_matter(hf)
+        decoder_parity(hf, side)
+
+    @pytest.mark.parametrize("case", list(cases))
+    def test_round_trip(case: str) -> None:
+        decoder_round_trip(make(cases[case]))
+
+    return test_same_numbers, test_round_trip
 
 
 # --- decoders_b (issue 15): a check that the parity tests exercise positions ---------------

@@ -22,24 +22,16 @@ transformers = pytest.importorskip("transformers")
 import txblocks
 from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
 
-from .conftest import (
-    DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, padded_batch, perturbed,
-    positions_matter, scaled,
-)  # fmt: skip
+from .conftest import TINY_DECODER, decoder_checks, decoder_greedy, padded_batch, tiny_decoder
 
 VOCAB = 97
 
 
 def gemma2(cls: str = "Gemma2ForCausalLM", **kw: Any) -> Callable[[], Any]:
-    base = {"num_hidden_layers": 3, "hidden_size": 48, "num_attention_heads": 6,
-            "num_key_value_heads": 2, "head_dim": 10, "vocab_size": VOCAB,
-            "intermediate_size": 40, "max_position_embeddings": 64, "initializer_range": 0.1,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 500.0},
-            "sliding_window": 5, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 2.0,
-            "final_logit_softcapping": 3.0, **DECODER_IDS}  # fmt: skip
-    config = transformers.Gemma2Config(**{**base, **kw})
-    return lambda: scaled(perturbed(lambda: getattr(transformers, cls)(config)),
-                          ("q_proj", "k_proj"))  # fmt: skip
+    base = {**TINY_DECODER, "num_hidden_layers": 3, "head_dim": 10, "sliding_window": 5,
+            "query_pre_attn_scalar": 16, "attn_logit_softcapping": 2.0,
+            "final_logit_softcapping": 3.0}  # fmt: skip
+    return tiny_decoder("Gemma2Config", cls, {**base, **kw})
 
 
 CASES = {
@@ -54,17 +46,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers(case: str, side: str) -> None:
-    hf = CASES[case]()
-    positions_matter(hf)
-    decoder_parity(hf, side)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_round_trip(case: str) -> None:
-    decoder_round_trip(CASES[case]())
+test_same_numbers, test_round_trip = decoder_checks(CASES)
 
 
 def test_greedy_decoding_same_tokens() -> None:

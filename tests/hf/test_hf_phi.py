@@ -11,8 +11,9 @@ transformers = pytest.importorskip("transformers")
 
 from txblocks.hf import spec_from_hf
 
-from .conftest import DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed
-from .conftest import positions_matter, scaled
+from .conftest import (
+    DECODER_IDS, decoder_checks, decoder_greedy, perturbed, positions_matter, scaled,
+)  # fmt: skip
 
 QK = ("q_proj", "k_proj")
 
@@ -40,15 +41,8 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers(case: str, side: str) -> None:
-    decoder_parity(perturbed(CASES[case]), side)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_round_trip(case: str) -> None:
-    decoder_round_trip(perturbed(CASES[case]))
+test_same_numbers, test_round_trip = decoder_checks(
+    CASES, make=perturbed, check_positions=False)  # fmt: skip
 
 
 def test_greedy_decoding() -> None:

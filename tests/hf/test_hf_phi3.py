@@ -17,20 +17,12 @@ transformers = pytest.importorskip("transformers")
 
 from txblocks.hf import HFConversionError, spec_from_hf
 
-from .conftest import (
-    DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed, positions_matter,
-    scaled,
-)  # fmt: skip
-
-VOCAB = 97
+from .conftest import TINY_DECODER, decoder_checks, decoder_greedy, tiny_decoder
 
 
 def phi3(cls: str = "Phi3ForCausalLM", **kw: Any) -> Callable[[], Any]:
-    base = {"num_hidden_layers": 2, "hidden_size": 48, "num_attention_heads": 6,
-            "num_key_value_heads": 2, "vocab_size": VOCAB, "intermediate_size": 40,
-            "max_position_embeddings": 64, "initializer_range": 0.1, **DECODER_IDS}  # fmt: skip
-    config = transformers.Phi3Config(**{**base, **kw})
-    return lambda: scaled(perturbed(lambda: getattr(transformers, cls)(config)), ("qkv_proj",))
+    base = {k: v for k, v in TINY_DECODER.items() if k != "rope_parameters"}
+    return tiny_decoder("Phi3Config", cls, {**base, **kw}, qk=("qkv_proj",))
 
 
 def rope(**kw: Any) -> dict[str, Any]:
@@ -45,17 +37,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers(case: str, side: str) -> None:
-    hf = CASES[case]()
-    positions_matter(hf)
-    decoder_parity(hf, side)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_round_trip(case: str) -> None:
-    decoder_round_trip(CASES[case]())
+test_same_numbers, test_round_trip = decoder_checks(CASES)
 
 
 def test_greedy_decoding_same_tokens() -> None:

@@ -18,23 +18,12 @@ transformers = pytest.importorskip("transformers")
 
 from txblocks.hf import HFConversionError, spec_from_hf
 
-from .conftest import (
-    DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed, positions_matter,
-    scaled,
-)  # fmt: skip
-
-VOCAB = 97
+from .conftest import TINY_DECODER, decoder_checks, decoder_greedy, tiny_decoder
 
 
 def qwen3(cls: str = "Qwen3ForCausalLM", **kw: Any) -> Callable[[], Any]:
-    base = {"num_hidden_layers": 3, "hidden_size": 48, "num_attention_heads": 6,
-            "num_key_value_heads": 2, "head_dim": 10, "vocab_size": VOCAB,
-            "intermediate_size": 40, "max_position_embeddings": 64, "initializer_range": 0.1,
-            "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0},
-            **DECODER_IDS}  # fmt: skip
-    config = transformers.Qwen3Config(**{**base, **kw})
-    return lambda: scaled(perturbed(lambda: getattr(transformers, cls)(config)),
-                          ("q_proj", "k_proj"))  # fmt: skip
+    base = {**TINY_DECODER, "num_hidden_layers": 3, "head_dim": 10, "rms_norm_eps": 1e-5}
+    return tiny_decoder("Qwen3Config", cls, {**base, **kw})
 
 
 CASES = {
@@ -47,17 +36,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers(case: str, side: str) -> None:
-    hf = CASES[case]()
-    positions_matter(hf)
-    decoder_parity(hf, side)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_round_trip(case: str) -> None:
-    decoder_round_trip(CASES[case]())
+test_same_numbers, test_round_trip = decoder_checks(CASES)
 
 
 def test_greedy_decoding_same_tokens() -> None:

@@ -18,21 +18,12 @@ transformers = pytest.importorskip("transformers")
 
 from txblocks.hf import HFConversionError, spec_from_hf
 
-from .conftest import (
-    DECODER_IDS, decoder_greedy, decoder_parity, decoder_round_trip, perturbed, positions_matter,
-    scaled,
-)  # fmt: skip
-
-VOCAB = 97
+from .conftest import TINY_DECODER, decoder_checks, decoder_greedy, tiny_decoder
 
 
 def stablelm(cls: str = "StableLmForCausalLM", **kw: Any) -> Callable[[], Any]:
-    base = {"num_hidden_layers": 2, "hidden_size": 48, "num_attention_heads": 6,
-            "num_key_value_heads": 2, "vocab_size": VOCAB, "intermediate_size": 40,
-            "max_position_embeddings": 64, "initializer_range": 0.1, **DECODER_IDS}  # fmt: skip
-    config = transformers.StableLmConfig(**{**base, **kw})
-    return lambda: scaled(perturbed(lambda: getattr(transformers, cls)(config)),
-                          ("q_proj", "k_proj"), factor=4.0)  # fmt: skip
+    base = {k: v for k, v in TINY_DECODER.items() if k != "rope_parameters"}
+    return tiny_decoder("StableLmConfig", cls, {**base, **kw}, factor=4.0)
 
 
 HALF = {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}
@@ -47,17 +38,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers(case: str, side: str) -> None:
-    hf = CASES[case]()
-    positions_matter(hf)
-    decoder_parity(hf, side)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_round_trip(case: str) -> None:
-    decoder_round_trip(CASES[case]())
+test_same_numbers, test_round_trip = decoder_checks(CASES)
 
 
 @pytest.mark.parametrize("parallel", [False, True])
