@@ -88,15 +88,17 @@ def config_sizes(s: Any) -> dict[str, Any]:
     }
 
 
-def decoder_config(s: Any, activation_key: str = "hidden_act") -> dict[str, Any]:
+def decoder_config(
+    s: Any, activation_key: str = "hidden_act", tanh_name: str = "gelu_pytorch_tanh"
+) -> dict[str, Any]:
     """:func:`config_sizes`, with the attention dropout, the ffn's width and activation
-    (under ``activation_key``) and the init std."""
+    (under ``activation_key``; tanh GELU named ``tanh_name``) and the init std."""
     block = s.block
     return {
         **config_sizes(s),
         "attention_dropout": block.attention.dropout,
         "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        activation_key: hf_activation(getattr(block.ffn, "activation", None)),
+        activation_key: hf_activation(getattr(block.ffn, "activation", None), tanh_name),
         "initializer_range": s.init_std,
     }
 

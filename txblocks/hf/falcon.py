@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.family import lm_head
 from txblocks.hf.gpt_neox import GroupedQKV
 from txblocks.hf.llama import rope, rope_parameters
 from txblocks.hf.rules import Rule
@@ -144,12 +145,6 @@ FALCON = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("FalconModel", None),
-        HFHead(
-            "FalconForCausalLM",
-            "lm",
-            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": False},
-            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-            weights=(Rule("lm_head.weight", "head.proj.weight"),),
-        ),
+        lm_head("FalconForCausalLM"),
     ),
 )

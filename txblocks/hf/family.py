@@ -29,6 +29,7 @@ __all__ = [
     "activation_name",
     "ffn_hidden",
     "hf_activation",
+    "lm_head",
 ]
 
 
@@ -121,6 +122,19 @@ class HFFamily:
     def __call__(self, config: Any = None) -> HFFamily:
         """A family is its own registry factory: ``registry.add("hf_family", name, FAMILY)``."""
         return self
+
+
+def lm_head(hf_class: str, *, bias: bool = False) -> HFHead:
+    """A decoder's causal-LM class: ``lm_head`` (weight, and bias where ``bias``) as the
+    txblocks ``lm`` head, tied to the token embeddings as ``tie_word_embeddings`` says."""
+    p = "{p}" if bias else "weight"
+    return HFHead(
+        hf_class,
+        "lm",
+        spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": bias},
+        config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
+        weights=(Rule(f"lm_head.{p}", f"head.proj.{p}"),),
+    )
 
 
 #: Config keys that never change a forward's numbers (token ids, output switches, labels).

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.family import lm_head
 from txblocks.hf.rules import Rule
 
 __all__ = ["GPT2"]
@@ -109,13 +110,7 @@ GPT2 = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("GPT2Model", None),
-        HFHead(
-            "GPT2LMHeadModel",
-            "lm",
-            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": False},
-            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-            weights=(Rule("lm_head.weight", "head.proj.weight"),),
-        ),
+        lm_head("GPT2LMHeadModel"),
     ),
     ignored={
         name: "read only by GPT2DoubleHeadsModel's multiple-choice head"

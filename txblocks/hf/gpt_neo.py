@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.family import lm_head
 from txblocks.hf.rules import Rule
 
 __all__ = ["GPT_NEO"]
@@ -110,13 +111,7 @@ GPT_NEO = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("GPTNeoModel", None),
-        HFHead(
-            "GPTNeoForCausalLM",
-            "lm",
-            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": False},
-            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-            weights=(Rule("lm_head.weight", "head.proj.weight"),),
-        ),
+        lm_head("GPTNeoForCausalLM"),
     ),
     ignored={"classifier_dropout": "read only by the classification heads"},
 )

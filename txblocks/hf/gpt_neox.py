@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.family import lm_head
 from txblocks.hf.llama import rope, rope_parameters
 from txblocks.hf.rules import Rule
 
@@ -177,13 +178,7 @@ GPT_NEOX = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("GPTNeoXModel", None),
-        HFHead(
-            "GPTNeoXForCausalLM",
-            "lm",
-            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": False},
-            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-            weights=(Rule("lm_head.weight", "head.proj.weight"),),
-        ),
+        lm_head("GPTNeoXForCausalLM"),
     ),
     ignored={
         "classifier_dropout": "read only by the classification heads",

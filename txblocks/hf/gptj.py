@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.family import lm_head
 from txblocks.hf.rules import Rule
 
 __all__ = ["GPTJ", "rope_fraction"]
@@ -103,12 +104,6 @@ GPTJ = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("GPTJModel", None),
-        HFHead(
-            "GPTJForCausalLM",
-            "lm",
-            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": True},
-            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-            weights=(Rule("lm_head.{p}", "head.proj.{p}"),),
-        ),
+        lm_head("GPTJForCausalLM", bias=True),
     ),
 )

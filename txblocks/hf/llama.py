@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, glu, sizes
-from txblocks.hf.family import ConfigView, HFFamily, HFHead
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, lm_head
 from txblocks.hf.rules import Rule
 
 __all__ = ["LLAMA", "MISTRAL", "QWEN2"]
@@ -248,13 +248,7 @@ def _family(
         weights=weights,
         heads=(
             HFHead(f"{prefix}Model", None),
-            HFHead(
-                f"{prefix}ForCausalLM", "lm",
-                spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings,
-                                "bias": False},
-                config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-                weights=(Rule("lm_head.weight", "head.proj.weight"),),
-            ),
+            lm_head(f"{prefix}ForCausalLM"),
         ),
         ignored=ignored,
     )  # fmt: skip

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.family import lm_head
 from txblocks.hf.rules import Rule
 
 __all__ = ["OPT"]
@@ -114,12 +115,6 @@ OPT = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("OPTModel", None),
-        HFHead(
-            "OPTForCausalLM",
-            "lm",
-            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": False},
-            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-            weights=(Rule("lm_head.weight", "head.proj.weight"),),
-        ),
+        lm_head("OPTForCausalLM"),
     ),
 )

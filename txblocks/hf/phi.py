@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, decoder_config, sizes
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, lm_head
 from txblocks.hf.gpt_neox import partial_rope, partial_rope_parameters
 from txblocks.hf.rules import Rule
 
 __all__ = ["PHI"]
 
 WEIGHTS = (
-    Rule("embed_tokens.weight", "embeddings.tokens.weight"),
+    EMBED_TOKENS,
     Rule("layers.{i}.input_layernorm.{p}", "blocks.{i}.norm1.{p}"),
-    Rule(("layers.{i}.self_attn.q_proj.{p}", "layers.{i}.self_attn.k_proj.{p}",
-          "layers.{i}.self_attn.v_proj.{p}"), "blocks.{i}.attention.qkv.{p}", "concat"),
+    QKV,
     Rule("layers.{i}.self_attn.dense.{p}", "blocks.{i}.attention.out.{p}"),
     Rule("layers.{i}.self_attn.q_layernorm.{p}", "blocks.{i}.attention.q_norm.{p}"),
     Rule("layers.{i}.self_attn.k_layernorm.{p}", "blocks.{i}.attention.k_norm.{p}"),
@@ -38,14 +38,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
     head_dim = c.get("head_dim") or d_model // n_heads
     norm = {"type": "layernorm", "eps": c.layer_norm_eps}
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": d_model,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": n_heads,
-        "n_kv_heads": c.num_key_value_heads or n_heads,
-        "head_dim": head_dim,
+        **sizes(c, head_dim=head_dim),
         "position": partial_rope(c, head_dim),
         "embedding": {"dropout": c.embd_pdrop},
         "block": {
@@ -67,21 +60,12 @@ def config(s: Any) -> dict[str, Any]:
     """PhiConfig fields of a spec (checked by converting back)."""
     block = s.block
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "num_key_value_heads": s.kv_heads,
+        **decoder_config(s, tanh_name="gelu_new"),
         "rope_parameters": partial_rope_parameters(s.position),
         "layer_norm_eps": getattr(block.norm, "eps", 1e-5),
         "qk_layernorm": block.attention.qk_norm is not None,
-        "attention_dropout": block.attention.dropout,
         "resid_pdrop": block.dropout,
         "embd_pdrop": s.embedding.dropout,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
-        "initializer_range": s.init_std,
     }
 
 
@@ -95,12 +79,6 @@ PHI = HFFamily(
     weights=WEIGHTS,
     heads=(
         HFHead("PhiModel", None),
-        HFHead(
-            "PhiForCausalLM",
-            "lm",
-            spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": True},
-            config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
-            weights=(Rule("lm_head.{p}", "head.proj.{p}"),),
-        ),
+        lm_head("PhiForCausalLM", bias=True),
     ),
 )
