@@ -46,6 +46,11 @@ def _attention(spec: AttentionSpec, dims: ModelDims, device: torch.device, where
         )
     if spec.softcap is not None:
         _check_softcap(kernel, spec, dims, where)
+    qkv_bias = spec.bias if spec.qkv_bias is None else spec.qkv_bias
+    fused = spec.fused_qkv and not cross
+    if spec.k_bias is not None and spec.k_bias != qkv_bias and fused:
+        raise BuildError(f"{where}.k_bias: a key bias unlike the query and value biases needs "
+                         "fused_qkv: false")
     q_norm = k_norm = None
     if spec.qk_norm is not None and spec.qk_norm_over == "width":  # OLMo 2: all heads at once
         q_norm = WidthNorm(spec.qk_norm.build(dims.n_heads * dims.head_dim))
@@ -54,9 +59,9 @@ def _attention(spec: AttentionSpec, dims: ModelDims, device: torch.device, where
         q_norm, k_norm = spec.qk_norm.build(dims.head_dim), spec.qk_norm.build(dims.head_dim)
     return Attention(
         dims.d_model, dims.n_heads, dims.n_kv_heads, dims.head_dim, kernel,
-        qkv_bias=spec.bias if spec.qkv_bias is None else spec.qkv_bias,
+        qkv_bias=qkv_bias,
         out_bias=spec.bias if spec.out_bias is None else spec.out_bias,
-        fused_qkv=spec.fused_qkv and not cross,
+        fused_qkv=fused, k_bias=spec.k_bias,
         q_norm=q_norm, k_norm=k_norm,
         softcap=spec.softcap, scale=spec.scale, dropout=spec.dropout,
     )
@@ -206,22 +211,27 @@ def _front_end(spec: ModelSpec, dims: ModelDims, embeddings: Embeddings | None =
 def _stack(spec: TextSpec, dims: ModelDims, device: torch.device, stack: Stack,
            tokens: nn.Embedding | None = None) -> TransformerStack:
     blocks, masks = _stack_blocks(spec, dims, device, stack)
-    embeddings = _embeddings(spec, tokens)
+    embeddings: nn.Module | None = _embeddings(spec, tokens)
     if stack == "encoder":
-        embeddings = _front_end(spec, dims, embeddings)  # type: ignore[assignment]
-    return TransformerStack(embeddings, _position(spec, dims), blocks, masks, _final_norm(spec))
+        embeddings = _front_end(spec, dims, embeddings)  # type: ignore[arg-type]
+    return TransformerStack(embeddings, _position(spec, dims), blocks, masks, _final_norm(spec))  # type: ignore[arg-type]
 
 
 def _build(spec: ModelSpec, dims: ModelDims, device: torch.device) -> Model:
     if isinstance(spec, Seq2SeqSpec):
         encoder = _stack(spec, dims, device, "encoder")
-        shared = encoder.embeddings.tokens if spec.shared_embeddings else None  # type: ignore[union-attr]
+        front_end = None
+        if not isinstance(encoder.embeddings, Embeddings):  # audio: the model runs it first
+            front_end, encoder.embeddings = encoder.embeddings, None
+        shared = None
+        if spec.shared_embeddings and encoder.embeddings is not None:
+            shared = encoder.embeddings.tokens
         decoder_dims = ModelDims(**{**dims.__dict__, "n_layers": spec.stacks["decoder"],
                                     "max_seq_len": spec.max_seq_len_of("decoder")})
         decoder = _stack(spec, decoder_dims, device, "decoder", shared)
         tokens = decoder.embeddings.tokens  # type: ignore[union-attr]
         head = spec.head.build(dims, tokens) if spec.head is not None else None
-        return Seq2SeqModel(encoder, decoder, head)
+        return Seq2SeqModel(encoder, decoder, head, front_end=front_end)
     if isinstance(spec, VitSpec):
         patches = _front_end(spec, dims)
         blocks, masks = _stack_blocks(spec, dims, device, "encoder")
@@ -244,7 +254,7 @@ def _build(spec: ModelSpec, dims: ModelDims, device: torch.device) -> Model:
 def init_weights(model: nn.Module, std: float) -> None:
     """Normal(0, std) for linear, conv and embedding weights and learned tokens; zero biases."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

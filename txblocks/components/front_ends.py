@@ -1,4 +1,4 @@
-"""Built-in front ends: ``tokens`` and ``patches``.
+"""Built-in front ends: ``tokens``, ``patches`` and ``audio_conv``.
 
 A front end (kind ``front_end``) turns a model's raw inputs into its first hidden
 states. Each factory takes ``(inputs: FrontEndInputs, config)``
@@ -13,12 +13,13 @@ from pydantic import Field
 from torch import nn
 
 from txblocks.errors import BuildError
+from txblocks.nn.audio import AudioConv
 from txblocks.nn.front_end import FrontEndInputs
 from txblocks.nn.vit import PatchEmbedding
 from txblocks.registry import ComponentConfig, Registry
 from txblocks.spec.slots import Slot
 
-__all__ = ["PatchesConfig", "TokensConfig", "register"]
+__all__ = ["AudioConvConfig", "PatchesConfig", "TokensConfig", "register"]
 
 
 class TokensConfig(ComponentConfig):
@@ -39,6 +40,16 @@ class PatchesConfig(ComponentConfig):
     bias: bool = Field(True, description="A bias on the patch projection (CLIP: false).")
 
 
+class AudioConvConfig(ComponentConfig):
+    """Whisper's audio front end (Radford et al. 2022, §2.2): log-mel features through two
+    1-D convolutions of width 3 with GELU, the second of stride 2 (F frames -> F / 2
+    positions). The encoder's ``position`` is then added: a ``learned`` table holds the
+    sinusoid Whisper stores. seq2seq only: the encoder reads ``input_features``, the decoder
+    tokens."""
+
+    mels: int = Field(80, gt=0, description="Mel bins of the input features (Whisper: 80 or 128).")
+
+
 def _tokens(inputs: FrontEndInputs, config: TokensConfig) -> nn.Module:
     """The token embeddings of a text architecture."""
     if inputs.embeddings is None:
@@ -56,7 +67,16 @@ def _patches(inputs: FrontEndInputs, config: PatchesConfig) -> PatchEmbedding:
     return PatchEmbedding(**inputs.patches, norm=norm, bias=config.bias)
 
 
+def _audio_conv(inputs: FrontEndInputs, config: AudioConvConfig) -> AudioConv:
+    """The convolutions of a Whisper encoder."""
+    if inputs.arch != "seq2seq":
+        raise BuildError(f"front_end: audio_conv feeds the encoder of a seq2seq model, not arch "
+                         f"{inputs.arch!r}")
+    return AudioConv(config.mels, inputs.dims.d_model)
+
+
 def register(registry: Registry) -> None:
     """Register the built-in front ends under kind ``front_end``."""
     registry.add("front_end", "tokens", _tokens, TokensConfig)
     registry.add("front_end", "patches", _patches, PatchesConfig)
+    registry.add("front_end", "audio_conv", _audio_conv, AudioConvConfig)

@@ -104,6 +104,32 @@ class _EmbedsSession(DecoderSession):
         return out.logits[:, -1]
 
 
+class _EmbedsSeq2SeqSession(Seq2SeqSession):
+    """A seq2seq source given as the encoder's ``inputs_embeds`` (B, S, E), encoded once."""
+
+    def __init__(self, model: Seq2SeqModel, inputs_embeds: Tensor, attention_mask: Tensor | None,
+                 config: GenerationConfig) -> None:
+        if model.head is None:
+            raise ValueError("generation needs a model with an lm head")
+        if config.num_beams > 1 or config.compile:
+            raise ValueError("generate(inputs_embeds=...) does not do beam search nor compile")
+        start = config.decoder_start_token_id
+        start = config.pad_token_id if start is None else start
+        _check_request(model, torch.full((inputs_embeds.shape[0], 1), start,
+                                         device=inputs_embeds.device), config)
+        self.model, self.source_mask = model, attention_mask
+        self.encoded = model.encode(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        self.cache = model.decoder.new_cache(inputs_embeds.shape[0], config.max_new_tokens + 1)
+        self.input_ids = torch.full((inputs_embeds.shape[0], 1), start, device=inputs_embeds.device)
+
+
+def _embeds_session(model: Any, inputs_embeds: Tensor, attention_mask: Tensor | None,
+                    config: GenerationConfig) -> Session:
+    if isinstance(model, Seq2SeqModel):
+        return _EmbedsSeq2SeqSession(model, inputs_embeds, attention_mask, config)
+    return _EmbedsSession(model, inputs_embeds, attention_mask, config)
+
+
 def _choose(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None) -> Tensor:
     if not config.do_sample:
         return logits.argmax(-1)
@@ -126,7 +152,7 @@ def stream(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
     if inputs_embeds is not None:
         if input_ids is not None:
             raise ValueError("pass input_ids or inputs_embeds, not both")
-        yield from _stream_session(model, _EmbedsSession(model, inputs_embeds, attention_mask, config),
+        yield from _stream_session(model, _embeds_session(model, inputs_embeds, attention_mask, config),
                                    config, inputs_embeds.device)
         return
     if config.num_beams > 1:
@@ -182,8 +208,9 @@ def generate(model: Any, input_ids: Tensor | None = None, attention_mask: Tensor
             ``length_penalty``, ``seed`` / ``generator``, ``decoder_start_token_id``,
             ``compile`` / ``compile_backend``: a compiled static-shape decoding step).
 
-        inputs_embeds: decoders, (B, T, E) instead of ``input_ids`` (rows standing for the
-            token table's, as in the forward); greedy or sampled only.
+        inputs_embeds: (B, T, E) instead of ``input_ids`` (rows standing for the token
+            table's, as in the forward; a seq2seq model's encoder inputs); greedy or sampled
+            only.
 
     Returns:
         Decoders: (B, T + new) prompt and continuation; with ``inputs_embeds``, (B, new)
@@ -191,7 +218,12 @@ def generate(model: Any, input_ids: Tensor | None = None, attention_mask: Tensor
         tokens starting with the start token. Finished rows are padded with ``pad_token_id``.
     """
     if settings.get("inputs_embeds") is not None:
-        return torch.stack(list(stream(model, input_ids, attention_mask, **settings)), dim=1)
+        new = torch.stack(list(stream(model, input_ids, attention_mask, **settings)), dim=1)
+        if not isinstance(model, Seq2SeqModel):
+            return new
+        start = settings.get("decoder_start_token_id")
+        start = settings.get("pad_token_id", 0) if start is None else start
+        return torch.cat([torch.full_like(new[:, :1], start), new], dim=1)
     config = GenerationConfig(**settings)
     if config.compile:
         from txblocks.generation.compiled import generate_compiled

@@ -14,6 +14,7 @@ from txblocks.hf.mt5 import MT5, MT5_ENCODER
 from txblocks.hf.pegasus import PEGASUS
 from txblocks.hf.qwen2_moe import QWEN2_MOE
 from txblocks.hf.switch_transformers import SWITCH, SWITCH_ENCODER
+from txblocks.hf.whisper import WHISPER
 from txblocks.hf.xlm_roberta import XLM_ROBERTA
 
 __all__ = ["FAMILIES"]
@@ -22,4 +23,5 @@ __all__ = ["FAMILIES"]
 FAMILIES: tuple[HFFamily, ...] = (
     XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER, MBART, MARIAN, PEGASUS,
     SWITCH, SWITCH_ENCODER, QWEN2_MOE, DEIT, CLIP_TEXT, CLIP_VISION,
+    WHISPER,
 )  # fmt: skip

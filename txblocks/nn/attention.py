@@ -26,6 +26,8 @@ class Attention(nn.Module):
         head_dim: D.
         kernel: computes softmax(q kᵀ · scale + mask) v.
         qkv_bias / out_bias: biases of the projections.
+        k_bias: the key projection's bias when it differs from ``qkv_bias`` (Whisper's
+            ``k_proj`` has none); unfused projections only.
         fused_qkv: one (C -> (H + 2 Hkv) D) matrix instead of three.
         q_norm / k_norm: per-head norms of q and k (QK-norm, Dehghani et al. 2023).
         softcap: logit soft-capping c · tanh(s / c) (Gemma 2).
@@ -49,8 +51,12 @@ class Attention(nn.Module):
         softcap: float | None = None,
         scale: float | None = None,
         dropout: float = 0.0,
+        k_bias: bool | None = None,
     ) -> None:
         super().__init__()
+        if k_bias is not None and k_bias != qkv_bias and fused_qkv:
+            raise ValueError("k_bias differs from qkv_bias: that needs unfused projections "
+                             "(fused_qkv=False)")
         if n_heads % n_kv_heads:
             raise ValueError(f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
@@ -61,7 +67,7 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, q_size + 2 * kv_size, bias=qkv_bias)
         else:
             self.q = nn.Linear(dim, q_size, bias=qkv_bias)
-            self.k = nn.Linear(dim, kv_size, bias=qkv_bias)
+            self.k = nn.Linear(dim, kv_size, bias=qkv_bias if k_bias is None else k_bias)
             self.v = nn.Linear(dim, kv_size, bias=qkv_bias)
         self.out = nn.Linear(q_size, dim, bias=out_bias)
         self.q_norm, self.k_norm = q_norm, k_norm

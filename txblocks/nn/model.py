@@ -449,12 +449,15 @@ class Seq2SeqModel(nn.Module):
         encoder: a stack without cross-attention.
         decoder: a stack whose blocks have cross-attention.
         head: the output head over the decoder (an LM head), or None.
+        front_end: what turns ``input_features`` into the encoder's inputs (Whisper's
+            convolutions), for an encoder without token embeddings; or None.
     """
 
     def __init__(self, encoder: TransformerStack, decoder: TransformerStack,
-                 head: nn.Module | None = None) -> None:
+                 head: nn.Module | None = None, *, front_end: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder, self.decoder, self.head = encoder, decoder, head
+        self.front_end = front_end
         self.spec: Any = None
 
     @property
@@ -471,9 +474,25 @@ class Seq2SeqModel(nn.Module):
             self.decoder.max_seq_len = decoder_len
 
     def encode(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
-               inputs_embeds: Tensor | None = None) -> Tensor:
+               inputs_embeds: Tensor | None = None, input_features: Tensor | None = None) -> Tensor:
         """The encoder output (B, S, C); pass it back as ``encoder_outputs`` to reuse it."""
-        return self.encoder.run(input_ids, attention_mask, inputs_embeds=inputs_embeds)[0]
+        return self._encode(input_ids, attention_mask, inputs_embeds, input_features)[0]
+
+    def _encode(self, input_ids: Tensor | None, attention_mask: Tensor | None,
+                inputs_embeds: Tensor | None, input_features: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if input_features is not None:
+            if self.front_end is None:
+                raise ValueError("input_features given, but this model reads token ids "
+                                 "(its spec has no audio front_end): pass input_ids")
+            if input_ids is not None or inputs_embeds is not None:
+                raise ValueError("pass input_features, input_ids or inputs_embeds (one of them)")
+            inputs_embeds = self.front_end(input_features)
+        elif self.front_end is not None and inputs_embeds is None:
+            raise ValueError("this model's encoder reads input_features (its front_end is "
+                             f"{type(self.front_end).__name__}), not input_ids")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("pass input_ids, inputs_embeds or encoder_outputs")
+        return self.encoder.run(input_ids, attention_mask, inputs_embeds=inputs_embeds)
 
     def forward(
         self,
@@ -484,6 +503,7 @@ class Seq2SeqModel(nn.Module):
         decoder_attention_mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         decoder_inputs_embeds: Tensor | None = None,
+        input_features: Tensor | None = None,
         encoder_outputs: Tensor | None = None,
         decoder_position_ids: Tensor | None = None,
         cache: KVCache | None = None,
@@ -497,16 +517,15 @@ class Seq2SeqModel(nn.Module):
             decoder_attention_mask: (B, T), 1 for real target tokens.
             inputs_embeds, decoder_inputs_embeds: (B, S, E), (B, T, E) instead of
                 ``input_ids``, ``decoder_input_ids``: rows standing for the token table's.
+            input_features: (B, M, F) log-mel features, for a model with an audio front end.
             encoder_outputs: (B, S, C) from :meth:`encode`.
             cache: from ``model.decoder.new_cache``; cross-attention keys and values are
                 computed on the first call and reused after.
         """
         enc_aux = None
         if encoder_outputs is None:
-            if input_ids is None and inputs_embeds is None:
-                raise ValueError("pass input_ids, inputs_embeds or encoder_outputs")
-            encoder_outputs, enc_aux = self.encoder.run(input_ids, attention_mask,
-                                                        inputs_embeds=inputs_embeds)
+            encoder_outputs, enc_aux = self._encode(input_ids, attention_mask, inputs_embeds,
+                                                    input_features)
         if decoder_inputs_embeds is None:
             if decoder_input_ids is None:
                 raise ValueError("pass decoder_input_ids or decoder_inputs_embeds")
@@ -527,11 +546,22 @@ class Seq2SeqModel(nn.Module):
             encoder_last_hidden_state=encoder_outputs, cache=cache,
         )
 
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Tensor:
-        """Generate tokens; see :func:`txblocks.generation.generate` for the settings."""
+    def generate(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
+                 input_features: Tensor | None = None, **settings: Any) -> Tensor:
+        """Generate tokens; see :func:`txblocks.generation.generate` for the settings
+        (``inputs_embeds=`` for the encoder instead of ``input_ids``; ``input_features=``
+        for a model with an audio front end)."""
         from txblocks.generation import generate
 
+        if input_features is not None:
+            settings["inputs_embeds"] = self._front(input_features)
         return generate(self, input_ids, attention_mask, **settings)
+
+    def _front(self, input_features: Tensor) -> Tensor:
+        if self.front_end is None:
+            raise ValueError("input_features given, but this model reads token ids")
+        with torch.no_grad():
+            return self.front_end(input_features)
 
     def stream(self, input_ids: Tensor, attention_mask: Tensor | None = None, **settings: Any) -> Any:
         """Iterate over generated tokens, (B,) per step; see :func:`txblocks.generation.stream`."""

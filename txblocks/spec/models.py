@@ -82,6 +82,11 @@ class AttentionSpec(SpecModel):
     bias: bool = Field(True, description="Bias on the q/k/v and output projections.")
     qkv_bias: bool | None = Field(None, description="Override `bias` for q/k/v only.")
     out_bias: bool | None = Field(None, description="Override `bias` for the output projection.")
+    k_bias: bool | None = Field(
+        None,
+        description="Override the q/k/v bias for the key projection only (Whisper: false); "
+        "needs fused_qkv: false unless it equals the q/k/v bias.",
+    )
     fused_qkv: bool = Field(True, description="One matrix for q, k and v.")
     qk_norm: Slot["norm"] | None = Field(None, description="Norm applied per head to q and k.")
     qk_norm_over: Literal["heads", "width"] = Field(
