@@ -292,6 +292,69 @@ def seq2seq_batch(vocab: int = 97, pad: int = 1) -> dict[str, torch.Tensor]:
             "decoder_attention_mask": tgt_mask}  # fmt: skip
 
 
+# A tiny BART-style config (MBart, Marian, Pegasus): d_model 48, 6 heads, 2 encoder and 3
+# decoder layers.
+TINY_BART = {"d_model": 48, "encoder_attention_heads": 6, "decoder_attention_heads": 6,
+             "encoder_layers": 2, "decoder_layers": 3, "encoder_ffn_dim": 40,
+             "decoder_ffn_dim": 40, "vocab_size": 97, "max_position_embeddings": 30,
+             "init_std": 0.1, "pad_token_id": 1, "eos_token_id": 2,
+             "forced_eos_token_id": None}  # fmt: skip
+
+
+def tiny_seq2seq(config_class: str, cls: str, config: dict[str, Any],
+                 qk: tuple[str, ...] = (".q_proj.", ".k_proj.")) -> Callable[[], Any]:
+    """A factory of ``transformers.<cls>`` on ``<config_class>(**config)`` (the config built
+    now): every parameter and float buffer perturbed (:func:`perturbed_all`, seed 0), those
+    named by ``qk`` scaled up."""
+    import transformers
+
+    hf_config = getattr(transformers, config_class)(**config)
+    return lambda: scaled(perturbed_all(lambda: getattr(transformers, cls)(hf_config)), qk)
+
+
+def seq2seq_checks(cases: dict[str, Callable[[], Any]]) -> Callable[..., None]:
+    """A BART-style family's test of every case: :func:`seq2seq_parity`, then :func:`both_ways`
+    (``shared.weight`` unread where the embeddings are untied), for a test module to bind:
+    ``test_same_numbers_both_ways = seq2seq_checks(CASES)``."""
+
+    @pytest.mark.parametrize("case", list(cases))
+    def test_same_numbers_both_ways(case: str) -> None:
+        hf = cases[case]()
+        seq2seq_parity(hf)
+        unread = ("shared.weight",) if not hf.config.tie_word_embeddings else ()
+        both_ways(hf, seq2seq_batch(), unread=unread)
+
+    return test_same_numbers_both_ways
+
+
+def sinusoid_table_checks(
+    factory: Callable[[], Any], refused: str
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two tests of a family whose positions are a fixed sinusoid table (Marian, Pegasus) on
+    ``factory()``'s model: the table is no txblocks parameter and equals HF's; a decoder table
+    changed by 0.01 is refused, the error matching ``refused``. For a test module to bind:
+    ``test_positions_are_the_fixed_table_not_a_parameter,
+    test_a_table_that_is_not_the_sinusoid_is_refused = sinusoid_table_checks(...)``."""
+    from txblocks.hf import HFConversionError, from_hf
+
+    def test_positions_are_the_fixed_table_not_a_parameter() -> None:
+        hf = factory()
+        model = from_hf(hf)
+        assert not any("position" in name for name, _ in model.named_parameters())
+        table = hf.model.encoder.embed_positions.weight
+        torch.testing.assert_close(model.encoder.position.table, table, atol=1e-7, rtol=0)
+
+    def test_a_table_that_is_not_the_sinusoid_is_refused() -> None:
+        hf = factory()
+        with torch.no_grad():
+            hf.model.decoder.embed_positions.weight[3, 5] += 0.01
+        with pytest.raises(HFConversionError, match=refused):
+            from_hf(hf)
+
+    return (test_positions_are_the_fixed_table_not_a_parameter,
+            test_a_table_that_is_not_the_sinusoid_is_refused)  # fmt: skip
+
+
 def seq2seq_parity(hf: Any, *, pad: int = 1) -> float:
     """The largest difference (encoder output, decoder hidden states, logits; real
     positions) between ``hf`` and ``from_hf(hf)``; asserts it is within 1e-4."""

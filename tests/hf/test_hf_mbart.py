@@ -17,21 +17,12 @@ transformers = pytest.importorskip("transformers")
 
 from txblocks.hf import HFConversionError, spec_from_hf
 
-from .conftest import (
-    both_ways, perturbed_all, scaled, seq2seq_batch, seq2seq_greedy, seq2seq_parity,
-)  # fmt: skip
-
-QK = (".q_proj.", ".k_proj.")
+from .conftest import TINY_BART, seq2seq_checks, seq2seq_greedy, tiny_seq2seq
 
 
 def mbart(cls: str, **kw: Any) -> Callable[[], Any]:
-    base = {"d_model": 48, "encoder_attention_heads": 6, "decoder_attention_heads": 6,
-            "encoder_layers": 2, "decoder_layers": 3, "encoder_ffn_dim": 40,
-            "decoder_ffn_dim": 40, "vocab_size": 97, "max_position_embeddings": 30,
-            "init_std": 0.1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
-            "decoder_start_token_id": 2, "forced_eos_token_id": None}  # fmt: skip
-    config = transformers.MBartConfig(**{**base, **kw})
-    return lambda: scaled(perturbed_all(lambda: getattr(transformers, cls)(config)), QK)
+    base = {**TINY_BART, "bos_token_id": 0, "decoder_start_token_id": 2}
+    return tiny_seq2seq("MBartConfig", cls, {**base, **kw})
 
 
 CASES = {
@@ -42,12 +33,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers_both_ways(case: str) -> None:
-    hf = CASES[case]()
-    seq2seq_parity(hf)
-    unread = ("shared.weight",) if not hf.config.tie_word_embeddings else ()
-    both_ways(hf, seq2seq_batch(), unread=unread)
+test_same_numbers_both_ways = seq2seq_checks(CASES)
 
 
 def test_greedy_generation() -> None:

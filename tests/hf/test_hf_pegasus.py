@@ -15,28 +15,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 
-from txblocks.hf import HFConversionError, from_hf, spec_from_hf
+from txblocks.hf import HFConversionError, spec_from_hf
 
-from .conftest import (
-    both_ways, perturbed_all, scaled, seq2seq_batch, seq2seq_greedy, seq2seq_parity,
-)  # fmt: skip
-
-QK = (".q_proj.", ".k_proj.")
+from .conftest import TINY_BART, seq2seq_checks, seq2seq_greedy, sinusoid_table_checks, tiny_seq2seq
 
 
 def pegasus(cls: str, **kw: Any) -> Callable[[], Any]:
-    base = {"d_model": 48, "encoder_attention_heads": 6, "decoder_attention_heads": 6,
-            "encoder_layers": 2, "decoder_layers": 3, "encoder_ffn_dim": 40,
-            "decoder_ffn_dim": 40, "vocab_size": 97, "max_position_embeddings": 30,
-            "init_std": 0.1, "pad_token_id": 1, "eos_token_id": 2,
-            "decoder_start_token_id": 1, "forced_eos_token_id": None,
-            "scale_embedding": True}  # fmt: skip
-    config = transformers.PegasusConfig(**{**base, **kw})
-    return lambda: scaled(perturbed_all(lambda: getattr(transformers, cls)(config)), QK)
+    base = {**TINY_BART, "decoder_start_token_id": 1, "scale_embedding": True}
+    return tiny_seq2seq("PegasusConfig", cls, {**base, **kw})
 
 
 CASES = {
@@ -48,12 +37,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers_both_ways(case: str) -> None:
-    hf = CASES[case]()
-    seq2seq_parity(hf)
-    unread = ("shared.weight",) if not hf.config.tie_word_embeddings else ()
-    both_ways(hf, seq2seq_batch(), unread=unread)
+test_same_numbers_both_ways = seq2seq_checks(CASES)
 
 
 def test_greedy_generation() -> None:
@@ -72,20 +56,9 @@ def test_spec() -> None:
         "sqrt_d_model", True, True)  # fmt: skip
 
 
-def test_positions_are_the_fixed_table_not_a_parameter() -> None:
-    hf = CASES["lm"]()
-    model = from_hf(hf)
-    assert not any("position" in name for name, _ in model.named_parameters())
-    table = hf.model.encoder.embed_positions.weight
-    torch.testing.assert_close(model.encoder.position.table, table, atol=1e-7, rtol=0)
-
-
-def test_a_table_that_is_not_the_sinusoid_is_refused() -> None:
-    hf = CASES["lm"]()
-    with torch.no_grad():
-        hf.model.decoder.embed_positions.weight[3, 5] += 0.01
-    with pytest.raises(HFConversionError, match="PegasusDecoder's embed_positions table"):
-        from_hf(hf)
+(test_positions_are_the_fixed_table_not_a_parameter,
+ test_a_table_that_is_not_the_sinusoid_is_refused) = sinusoid_table_checks(
+    CASES["lm"], "PegasusDecoder's embed_positions table")  # fmt: skip
 
 
 def test_refused_options() -> None:
