@@ -355,6 +355,85 @@ def sinusoid_table_checks(
             test_a_table_that_is_not_the_sinusoid_is_refused)  # fmt: skip
 
 
+# A tiny T5-style config (mT5, UMT5): d_model 48, d_kv 10 ≠ 48 / 6, 2 encoder and 3 decoder
+# layers, 8 buckets up to distance 12 (sources of 11 tokens reach the logarithmic buckets).
+TINY_T5 = {"d_model": 48, "d_kv": 10, "num_heads": 6, "num_layers": 2,
+           "num_decoder_layers": 3, "d_ff": 40, "vocab_size": 97,
+           "relative_attention_num_buckets": 8, "relative_attention_max_distance": 12,
+           "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0}  # fmt: skip
+
+#: What T5-style tests scale up: query and key weights and the relative-bias tables.
+T5_QK = (".q.", ".k.", "relative_attention_bias")
+
+
+def untied_drawn(model: Any) -> Any:
+    """The LM head given its own weight (as a checkpoint with its own lm_head loads), drawn
+    large so that greedy decoding does not repeat one token."""
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.3)
+    model.all_tied_weights_keys.pop("lm_head.weight")
+    return model
+
+
+def tiny_t5(config_class: str, cls: str, config: dict[str, Any], *,
+            untie: bool = False) -> Callable[[], Any]:
+    """A factory of ``transformers.<cls>`` on ``<config_class>(**config)`` (the config built
+    now), its LM head untied (:func:`untied_drawn`) where ``untie``: every parameter
+    perturbed (:func:`perturbed_all`), :data:`T5_QK` times 1.5."""
+    import transformers
+
+    hf_config = getattr(transformers, config_class)(**config)
+
+    def make() -> Any:
+        model = getattr(transformers, cls)(hf_config)
+        return untied_drawn(model) if untie else model
+
+    return lambda: scaled(perturbed_all(make), T5_QK, 1.5)
+
+
+def encoder_both_ways(hf: Any, x: dict[str, torch.Tensor]) -> Any:
+    """An encoder-only HF model (``T5EncoderModel``) on the sources of ``x``: ``from_hf(hf)``'s
+    hidden states within 1e-4 on real positions, then :func:`both_ways`; returns
+    ``from_hf(hf)`` (as it ran on ``x``)."""
+    from txblocks.hf import from_hf
+
+    model = from_hf(hf)
+    with torch.no_grad():
+        want = hf(x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
+        got = model(x["input_ids"], x["attention_mask"]).last_hidden_state
+    keep = x["attention_mask"].bool()
+    assert (want[keep] - got[keep]).abs().max() <= 1e-4
+    both_ways(hf, {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"]})
+    return model
+
+
+def seq2seq_both_ways(hf: Any, x: dict[str, torch.Tensor], *,
+                      unread: tuple[str, ...] = ()) -> None:
+    """:func:`seq2seq_parity`, then :func:`both_ways` on ``x``; an LM head comes back tied to
+    the input embeddings exactly where ``hf``'s is."""
+    seq2seq_parity(hf)
+    back = both_ways(hf, x, unread=unread)
+    if hasattr(hf, "lm_head"):
+        tied = hf.lm_head.weight is hf.get_input_embeddings().weight
+        assert (back.lm_head.weight is back.get_input_embeddings().weight) == tied
+
+
+def t5_checks(cases: dict[str, Callable[[], Any]]) -> Callable[..., None]:
+    """A T5-style family's test of every case (case ``encoder``: :func:`encoder_both_ways`,
+    the others :func:`seq2seq_both_ways`), for a test module to bind:
+    ``test_same_numbers_both_ways = t5_checks(CASES)``."""
+
+    @pytest.mark.parametrize("case", list(cases))
+    def test_same_numbers_both_ways(case: str) -> None:
+        hf = cases[case]()
+        x = seq2seq_batch()
+        if case == "encoder":
+            encoder_both_ways(hf, x)
+            return
+        seq2seq_both_ways(hf, x)
+
+    return test_same_numbers_both_ways
+
+
 def seq2seq_parity(hf: Any, *, pad: int = 1) -> float:
     """The largest difference (encoder output, decoder hidden states, logits; real
     positions) between ``hf`` and ``from_hf(hf)``; asserts it is within 1e-4."""

@@ -21,33 +21,11 @@ transformers = pytest.importorskip("transformers")
 import txblocks
 from txblocks.hf import HFConversionError, from_hf, spec_from_hf, to_hf
 
-from .conftest import (
-    both_ways, perturbed_all, scaled, seq2seq_batch, seq2seq_greedy, seq2seq_parity,
-)  # fmt: skip
-
-QK = (".q.", ".k.", "relative_attention_bias")
-
-
-def untied(model: Any) -> Any:
-    """The LM head given its own weight (as UMT5 checkpoints load), drawn large so that greedy
-    decoding does not repeat one token."""
-    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.3)
-    model.all_tied_weights_keys.pop("lm_head.weight")
-    return model
+from .conftest import TINY_T5, seq2seq_greedy, t5_checks, tiny_t5
 
 
 def umt5(cls: str, *, untie: bool = False, **kw: Any) -> Callable[[], Any]:
-    base = {"d_model": 48, "d_kv": 10, "num_heads": 6, "num_layers": 2,
-            "num_decoder_layers": 3, "d_ff": 40, "vocab_size": 97,
-            "relative_attention_num_buckets": 8, "relative_attention_max_distance": 12,
-            "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0}  # fmt: skip
-    config = transformers.UMT5Config(**{**base, **kw})
-
-    def make() -> Any:
-        model = getattr(transformers, cls)(config)
-        return untied(model) if untie else model
-
-    return lambda: scaled(perturbed_all(make), QK, 1.5)
+    return tiny_t5("UMT5Config", cls, {**TINY_T5, **kw}, untie=untie)
 
 
 CASES = {
@@ -59,24 +37,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_numbers_both_ways(case: str) -> None:
-    hf = CASES[case]()
-    x = seq2seq_batch()
-    if case == "encoder":
-        model = from_hf(hf)
-        with torch.no_grad():
-            want = hf(x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
-            got = model(x["input_ids"], x["attention_mask"]).last_hidden_state
-        keep = x["attention_mask"].bool()
-        assert (want[keep] - got[keep]).abs().max() <= 1e-4
-        both_ways(hf, {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"]})
-        return
-    seq2seq_parity(hf)
-    back = both_ways(hf, x)
-    if hasattr(hf, "lm_head"):
-        tied = hf.lm_head.weight is hf.get_input_embeddings().weight
-        assert (back.lm_head.weight is back.get_input_embeddings().weight) == tied
+test_same_numbers_both_ways = t5_checks(CASES)
 
 
 def test_greedy_generation() -> None:
