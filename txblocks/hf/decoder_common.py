@@ -21,6 +21,7 @@ __all__ = [
     "decoder_config",
     "glu",
     "head_dim_field",
+    "qkv_bias",
     "sizes",
 ]
 
@@ -76,16 +77,23 @@ def glu(c: ConfigView, *, bias: bool = False, activation_key: str = "hidden_act"
             "activation": activation(c, activation_key)}  # fmt: skip
 
 
-def config_sizes(s: Any) -> dict[str, Any]:
-    """The HF config's sizes of a spec."""
-    return {
+def config_sizes(s: Any, kv_key: str | None = "num_key_value_heads") -> dict[str, Any]:
+    """The HF config's sizes of a spec; the kv heads under ``kv_key`` (None: a config
+    without that option)."""
+    out = {
         "vocab_size": s.vocab_size,
         "max_position_embeddings": s.max_seq_len,
         "hidden_size": s.d_model,
         "num_hidden_layers": s.n_layers,
         "num_attention_heads": s.n_heads,
-        "num_key_value_heads": s.kv_heads,
     }
+    return out if kv_key is None else {**out, kv_key: s.kv_heads}
+
+
+def qkv_bias(s: Any) -> bool:
+    """Whether the spec's q, k, v projections have biases (``qkv_bias``, else ``bias``)."""
+    attention = s.block.attention
+    return bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias)
 
 
 def decoder_config(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from txblocks.hf.decoder_common import config_sizes, qkv_bias
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.family import lm_head
 from txblocks.hf.gpt_neox import GroupedQKV
@@ -109,22 +110,16 @@ def spec(c: ConfigView) -> dict[str, Any]:
 def config(s: Any) -> dict[str, Any]:
     """FalconConfig fields of a spec (checked by converting back)."""
     block = s.block
-    attention = block.attention
     parallel, kv, shared = block.layout == "parallel", s.kv_heads, block.shared_norm
     new = parallel and (kv > 1 or not shared)  # the 7B layout: one shared norm, one kv head
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "num_kv_heads": kv,
+        **config_sizes(s, "num_kv_heads"),
         "new_decoder_architecture": new,
         "multi_query": kv == 1,
         "parallel_attn": parallel,
         "num_ln_in_parallel_attn": (1 if shared else 2) if new else None,
         "alibi": False,
-        "bias": bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias),
+        "bias": qkv_bias(s),
         "layer_norm_epsilon": getattr(block.norm, "eps", 1e-5),
         "hidden_dropout": block.dropout,
         "attention_dropout": 0.0 if parallel else block.dropout,

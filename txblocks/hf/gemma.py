@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from txblocks.hf.decoder_common import qkv_bias
 from txblocks.hf.family import ConfigView
-from txblocks.hf.llama import WEIGHTS, _common_config, _family, _qkv_bias, _spec
+from txblocks.hf.llama import WEIGHTS, _common_config, _family, _spec
 
 __all__ = ["GEMMA"]
 
@@ -36,7 +37,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """GemmaConfig fields of a spec (checked by converting back)."""
-    return {**_common_config(s), "attention_bias": _qkv_bias(s)}
+    return {**_common_config(s), "attention_bias": qkv_bias(s)}
 
 
 GEMMA = _family("gemma", "Gemma", spec, config, weights=WEIGHTS, ignored={})

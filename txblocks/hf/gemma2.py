@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.decoder_common import attention, decoder_config, glu, sizes
+from txblocks.hf.decoder_common import attention, decoder_config, glu, qkv_bias, sizes
 from txblocks.hf.family import ConfigView, HFFamily, HFHead
-from txblocks.hf.llama import PROJECTIONS, _qkv_bias, layer_types_config, layer_windows, rope
+from txblocks.hf.llama import PROJECTIONS, layer_types_config, layer_windows, rope
 from txblocks.hf.llama import rope_parameters
 from txblocks.hf.rules import Rule
 
@@ -92,7 +92,7 @@ def config(s: Any) -> dict[str, Any]:
         "head_dim": s.head_size,
         "rope_parameters": rope_parameters(s.position),
         "rms_norm_eps": getattr(s.block.norm, "eps", 1e-6),
-        "attention_bias": _qkv_bias(s),
+        "attention_bias": qkv_bias(s),
         "query_pre_attn_scalar": _scalar(attention.scale, s.head_size),
         "attn_logit_softcapping": attention.softcap,
     }

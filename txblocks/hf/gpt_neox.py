@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from txblocks.hf.decoder_common import config_sizes, qkv_bias
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.family import lm_head
 from txblocks.hf.llama import rope, rope_parameters
@@ -151,15 +152,11 @@ def config(s: Any) -> dict[str, Any]:
     block = s.block
     attention = block.attention
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
+        **config_sizes(s, None),
         "rope_parameters": partial_rope_parameters(s.position),
         "use_parallel_residual": block.layout == "parallel",
         "layer_norm_eps": getattr(block.norm, "eps", 1e-5),
-        "attention_bias": bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias),
+        "attention_bias": qkv_bias(s),
         "attention_dropout": attention.dropout,
         "hidden_dropout": block.dropout,
         "intermediate_size": ffn_hidden(block.ffn, s.d_model),

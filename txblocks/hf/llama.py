@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, glu, sizes
+from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, glu, qkv_bias
+from txblocks.hf.decoder_common import sizes
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, lm_head
 from txblocks.hf.rules import Rule
 
@@ -178,11 +179,6 @@ def layer_types_config(s: Any) -> dict[str, Any]:
     }
 
 
-def _qkv_bias(s: Any) -> bool:
-    attention = s.block.attention
-    return bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias)
-
-
 # --- Llama ------------------------------------------------------------------------------
 
 
@@ -194,7 +190,7 @@ def llama_spec(c: ConfigView) -> dict[str, Any]:
 
 def llama_config(s: Any) -> dict[str, Any]:
     mlp_bias = bool(getattr(s.block.ffn, "bias", False))
-    return {**_common_config(s), "attention_bias": _qkv_bias(s), "mlp_bias": mlp_bias}
+    return {**_common_config(s), "attention_bias": qkv_bias(s), "mlp_bias": mlp_bias}
 
 
 # --- Mistral ----------------------------------------------------------------------------

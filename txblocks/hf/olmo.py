@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.decoder_common import attention, decoder_config, glu, head_dim_field, sizes
+from txblocks.hf.decoder_common import qkv_bias
 from txblocks.hf.family import ConfigView
-from txblocks.hf.llama import PROJECTIONS, _family, _qkv_bias, rope, rope_parameters
+from txblocks.hf.llama import PROJECTIONS, _family, rope, rope_parameters
 
 __all__ = ["OLMO"]
 
@@ -52,7 +53,7 @@ def config(s: Any) -> dict[str, Any]:
     return {
         **decoder_config(s),
         "rope_parameters": rope_parameters(s.position),
-        "attention_bias": _qkv_bias(s),
+        "attention_bias": qkv_bias(s),
         **head_dim_field(s),  # not an OlmoConfig field; read when set
     }
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.decoder_common import attention, decoder_config, glu, head_dim_field, sizes
+from txblocks.hf.decoder_common import qkv_bias
 from txblocks.hf.family import ConfigView
-from txblocks.hf.llama import PROJECTIONS, _family, _qkv_bias, rope, rope_parameters
+from txblocks.hf.llama import PROJECTIONS, _family, rope, rope_parameters
 from txblocks.hf.rules import Rule
 
 __all__ = ["OLMO2"]
@@ -60,7 +61,7 @@ def config(s: Any) -> dict[str, Any]:
         **decoder_config(s),
         "rope_parameters": rope_parameters(s.position),
         "rms_norm_eps": getattr(s.block.norm, "eps", 1e-5),
-        "attention_bias": _qkv_bias(s),
+        "attention_bias": qkv_bias(s),
         **head_dim_field(s),  # not an Olmo2Config field; read when set
     }
 

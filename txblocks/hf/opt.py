@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from txblocks.hf.decoder_common import config_sizes, qkv_bias
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.family import lm_head
 from txblocks.hf.rules import Rule
@@ -87,16 +88,12 @@ def config(s: Any) -> dict[str, Any]:
     block = s.block
     attention = block.attention
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "hidden_size": s.d_model,
+        **config_sizes(s, None),
         "word_embed_proj_dim": s.embedding.width or s.d_model,
         "do_layer_norm_before": block.layout != "post_norm",
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
         "ffn_dim": ffn_hidden(block.ffn, s.d_model),
         "activation_function": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
-        "enable_bias": bool(attention.bias if attention.qkv_bias is None else attention.qkv_bias),
+        "enable_bias": qkv_bias(s),
         "layer_norm_elementwise_affine": bool(getattr(block.norm, "affine", True)),
         "_remove_final_layer_norm": block.layout != "post_norm" and not s.use_final_norm,
         "dropout": block.dropout,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView
 from txblocks.hf.decoder_common import EMBED_TOKENS, head_dim_field
+from txblocks.hf.family import ConfigView
 from txblocks.hf.llama import _common_config, _family, _rope_parameters, _spec, _window
-from txblocks.hf.llama import rope, rope_parameters, single_window
+from txblocks.hf.gpt_neox import partial_rope_parameters
+from txblocks.hf.llama import rope, single_window
 from txblocks.hf.rules import Rule
 
 __all__ = ["PHI3", "RopeView", "partial_rope", "partial_rope_parameters"]
@@ -73,12 +74,6 @@ def partial_rope(c: ConfigView, head_dim: int) -> dict[str, Any]:
     head: Llama's rope mapping, with that factor as ``fraction``."""
     view = RopeView(c, head_dim)
     return {**rope(view), "fraction": view.fraction}  # type: ignore[arg-type]
-
-
-def partial_rope_parameters(position: Any) -> dict[str, Any]:
-    """HF ``rope_parameters`` of a spec's ``position``, with its ``partial_rotary_factor``."""
-    fraction = getattr(position, "fraction", 1.0)
-    return {**rope_parameters(position), "partial_rotary_factor": fraction}
 
 
 def spec(c: ConfigView) -> dict[str, Any]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from txblocks.hf.decoder_common import qkv_bias
 from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
 from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
-from txblocks.hf.llama import _family, _qkv_bias, qwen2_config, qwen2_spec
+from txblocks.hf.llama import _family, qwen2_config, qwen2_spec
 from txblocks.hf.rules import Rule
 
 __all__ = ["QWEN2_MOE"]
@@ -99,7 +100,7 @@ def config(s: Any) -> dict[str, Any]:
     moe = ffns[sparse[0]] if sparse else None
     dense = next((f for f in ffns if f.type != "moe"), None)
     out = {k: v for k, v in qwen2_config(s).items() if k not in ("intermediate_size", "hidden_act")}
-    out["qkv_bias"] = _qkv_bias(s)
+    out["qkv_bias"] = qkv_bias(s)
     if dense is not None:
         out["intermediate_size"] = ffn_hidden(dense, s.d_model)
         out["hidden_act"] = hf_activation(getattr(dense, "activation", None))

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from txblocks.hf.decoder_common import qkv_bias
 from txblocks.hf.family import ConfigView
 from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
-from txblocks.hf.llama import _family, _qkv_bias, qwen2_config, qwen2_spec
+from txblocks.hf.llama import _family, qwen2_config, qwen2_spec
 from txblocks.hf.rules import Rule
 
 __all__ = ["QWEN3"]
@@ -40,7 +41,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """Qwen3Config fields of a spec (checked by converting back)."""
-    return {**qwen2_config(s), "attention_bias": _qkv_bias(s)}
+    return {**qwen2_config(s), "attention_bias": qkv_bias(s)}
 
 
 QWEN3 = _family("qwen3", "Qwen3", spec, config, weights=WEIGHTS, ignored={})

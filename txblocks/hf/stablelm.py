@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, glu, sizes
+from txblocks.hf.decoder_common import qkv_bias
 from txblocks.hf.family import ConfigView
-from txblocks.hf.llama import _family, _qkv_bias
+from txblocks.hf.llama import _family
 from txblocks.hf.phi3 import partial_rope, partial_rope_parameters
 from txblocks.hf.rules import Rule
 
@@ -77,7 +78,7 @@ def config(s: Any) -> dict[str, Any]:
         **decoder_config(s),
         "rope_parameters": partial_rope_parameters(s.position),
         "layer_norm_eps": getattr(s.block.norm, "eps", 1e-5),
-        "use_qkv_bias": _qkv_bias(s),
+        "use_qkv_bias": qkv_bias(s),
         "use_parallel_residual": s.block.layout == "parallel",
     }
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config
+from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, qkv_bias
 from txblocks.hf.decoder_common import head_dim_field, sizes
 from txblocks.hf.family import ConfigView, activation
-from txblocks.hf.llama import _family, _qkv_bias, _window, rope, rope_parameters, single_window
+from txblocks.hf.llama import _family, _window, rope, rope_parameters, single_window
 from txblocks.hf.rules import Rule
 
 __all__ = ["STARCODER2"]
@@ -59,7 +59,7 @@ def config(s: Any) -> dict[str, Any]:
         "rope_parameters": rope_parameters(s.position),
         "norm_epsilon": getattr(s.block.norm, "eps", 1e-5),
         "sliding_window": single_window(s),
-        "use_bias": _qkv_bias(s),
+        "use_bias": qkv_bias(s),
         "residual_dropout": s.block.dropout,
         "embedding_dropout": s.embedding.dropout,
         **head_dim_field(s),  # not a Starcoder2Config field; read when set
