@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.bert import encoder_block, encoder_block_config
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation
 from txblocks.hf.rules import Rule
 
 __all__ = ["ALBERT"]
@@ -84,15 +85,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
             "token_types": c.type_vocab_size, "norm": {"type": "layernorm", "eps": eps},
             "dropout": c.hidden_dropout_prob,
         },
-        "block": {
-            "layout": "post_norm",
-            "norm": {"type": "layernorm", "eps": eps},
-            "attention": {"mask": "none", "bias": True, "fused_qkv": True,
-                          "dropout": c.attention_probs_dropout_prob},
-            "ffn": {"type": "mlp", "hidden": c.intermediate_size, "bias": True, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
-            "dropout": c.hidden_dropout_prob,
-        },
+        "block": encoder_block(c, eps),
         "share_layers": _share(c),
         "final_norm": False,
         "init_std": c.initializer_range,
@@ -101,7 +94,6 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """AlbertConfig fields of a spec (checked by converting back)."""
-    block = s.block
     share = s.share_layers
     return {
         "vocab_size": s.vocab_size,
@@ -112,13 +104,7 @@ def config(s: Any) -> dict[str, Any]:
         "num_hidden_groups": share.groups if share is not None else s.n_layers,
         "inner_group_num": 1,
         "num_attention_heads": s.n_heads,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
-        "hidden_dropout_prob": block.dropout,
-        "attention_probs_dropout_prob": block.attention.dropout,
-        "type_vocab_size": s.embedding.token_types,
-        "layer_norm_eps": getattr(block.norm, "eps", 1e-12),
-        "initializer_range": s.init_std,
+        **encoder_block_config(s, "gelu_new"),
     }
 
 

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from txblocks.hf.bart import _NORM_EPS, _layers, _Row
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.bart import config as _config
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation
 from txblocks.hf.rules import Rule
 from txblocks.nn.positions import sinusoidal_table
 
@@ -134,29 +135,6 @@ def _spec(c: ConfigView, v: Variant) -> dict[str, Any]:
         "final_norm": v.pre_norm,
         "init_std": c.init_std,
     }  # fmt: skip
-
-
-def _config(s: Any) -> dict[str, Any]:
-    block = s.block
-    decoder_ffn = s.block_for(0, "decoder").ffn
-    return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
-        "d_model": s.d_model,
-        "encoder_layers": s.stacks["encoder"],
-        "decoder_layers": s.stacks["decoder"],
-        "encoder_attention_heads": s.n_heads,
-        "decoder_attention_heads": s.n_heads,
-        "encoder_ffn_dim": ffn_hidden(block.ffn, s.d_model),
-        "decoder_ffn_dim": ffn_hidden(decoder_ffn, s.d_model),
-        "activation_function": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
-        "activation_dropout": getattr(block.ffn, "dropout", 0.0),
-        "dropout": block.dropout,
-        "attention_dropout": block.attention.dropout,
-        "scale_embedding": s.embedding.scale is not None,
-        "tie_word_embeddings": s.shared_embeddings,
-        "init_std": s.init_std,
-    }
 
 
 def family(

@@ -53,6 +53,35 @@ def _offset(c: ConfigView, roberta: bool) -> int:
     return pad + 1
 
 
+def encoder_block(c: ConfigView, eps: float) -> dict[str, Any]:
+    """BERT's post-norm block (LayerNorms of ``eps``, biased attention and MLP), which ALBERT
+    shares."""
+    return {
+        "layout": "post_norm",
+        "norm": {"type": "layernorm", "eps": eps},
+        "attention": {"mask": "none", "bias": True, "fused_qkv": True,
+                      "dropout": c.attention_probs_dropout_prob},
+        "ffn": {"type": "mlp", "hidden": c.intermediate_size, "bias": True, "dropout": 0.0,
+                "activation": activation(c, "hidden_act")},
+        "dropout": c.hidden_dropout_prob,
+    }  # fmt: skip
+
+
+def encoder_block_config(s: Any, tanh_name: str = "gelu_pytorch_tanh") -> dict[str, Any]:
+    """The config fields of :func:`encoder_block` (and the token types and init std), the tanh
+    GELU named ``tanh_name``."""
+    block = s.block
+    return {
+        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
+        "hidden_act": hf_activation(getattr(block.ffn, "activation", None), tanh_name),
+        "hidden_dropout_prob": block.dropout,
+        "attention_probs_dropout_prob": block.attention.dropout,
+        "type_vocab_size": s.embedding.token_types,
+        "layer_norm_eps": getattr(block.norm, "eps", 1e-12),
+        "initializer_range": s.init_std,
+    }
+
+
 def _spec(c: ConfigView, *, roberta: bool) -> dict[str, Any]:
     if c.is_decoder:
         c.unsupported("is_decoder", "a causal BERT (BertLMHeadModel) is not mapped")
@@ -84,22 +113,13 @@ def _spec(c: ConfigView, *, roberta: bool) -> dict[str, Any]:
             "norm": {"type": "layernorm", "eps": eps},
             "dropout": c.hidden_dropout_prob,
         },
-        "block": {
-            "layout": "post_norm",
-            "norm": {"type": "layernorm", "eps": eps},
-            "attention": {"mask": "none", "bias": True, "fused_qkv": True,
-                          "dropout": c.attention_probs_dropout_prob},
-            "ffn": {"type": "mlp", "hidden": c.intermediate_size, "bias": True, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
-            "dropout": c.hidden_dropout_prob,
-        },
+        "block": encoder_block(c, eps),
         "final_norm": False,
         "init_std": c.initializer_range,
     }  # fmt: skip
 
 
 def _config(s: Any, *, roberta: bool) -> dict[str, Any]:
-    block = s.block
     offset = getattr(s.position, "offset", 0)
     out = {
         "vocab_size": s.vocab_size,
@@ -107,13 +127,7 @@ def _config(s: Any, *, roberta: bool) -> dict[str, Any]:
         "hidden_size": s.d_model,
         "num_hidden_layers": s.n_layers,
         "num_attention_heads": s.n_heads,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
-        "hidden_dropout_prob": block.dropout,
-        "attention_probs_dropout_prob": block.attention.dropout,
-        "type_vocab_size": s.embedding.token_types,
-        "layer_norm_eps": getattr(block.norm, "eps", 1e-12),
-        "initializer_range": s.init_std,
+        **encoder_block_config(s),
     }
     if roberta:
         out["pad_token_id"] = offset - 1
