@@ -50,12 +50,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
             {"select": i, "attention": {"scale": scale / float(i + 1)}} for i in range(c.n_layer)
         ]
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.n_positions,
-        "d_model": d_model,
-        "n_layers": c.n_layer,
-        "n_heads": n_heads,
+        **gpt2_sizes(c),
         "position": {"type": "learned", "offset": 0},
         "embedding": {"dropout": c.embd_pdrop},
         "block": {
@@ -76,12 +71,16 @@ def spec(c: ConfigView) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def config(s: Any) -> dict[str, Any]:
-    """GPT2Config fields of a spec (checked by converting back)."""
+def gpt2_sizes(c: ConfigView) -> dict[str, Any]:
+    """The spec's ``arch`` and sizes of a config with GPT-2's names (GPT-2, GPT-J)."""
+    return {"arch": "decoder", "vocab_size": c.vocab_size, "max_seq_len": c.n_positions,
+            "d_model": c.n_embd, "n_layers": c.n_layer, "n_heads": c.n_head}  # fmt: skip
+
+
+def gpt2_config(s: Any) -> dict[str, Any]:
+    """The config fields, with GPT-2's names (GPT-2, GPT-J), of a spec's sizes, ffn,
+    dropouts, norm and init std."""
     block = s.block
-    first = s.block_for(0).attention.scale
-    second = s.block_for(1).attention.scale if s.n_layers > 1 else None
-    by_layer = first is not None and second is not None and second == first / 2.0
     return {
         "vocab_size": s.vocab_size,
         "n_positions": s.max_seq_len,
@@ -95,9 +94,19 @@ def config(s: Any) -> dict[str, Any]:
         "attn_pdrop": block.attention.dropout,
         "layer_norm_epsilon": getattr(block.norm, "eps", 1e-5),
         "initializer_range": s.init_std,
+    }
+
+
+def config(s: Any) -> dict[str, Any]:
+    """GPT2Config fields of a spec (checked by converting back)."""
+    first = s.block_for(0).attention.scale
+    second = s.block_for(1).attention.scale if s.n_layers > 1 else None
+    by_layer = first is not None and second is not None and second == first / 2.0
+    return {
+        **gpt2_config(s),
         "scale_attn_weights": first != 1.0,
         "scale_attn_by_inverse_layer_idx": by_layer,
-    }  # fmt: skip
+    }
 
 
 GPT2 = HFFamily(

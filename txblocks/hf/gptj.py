@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
-from txblocks.hf.family import lm_head
+from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, lm_head
+from txblocks.hf.gpt2 import gpt2_config, gpt2_sizes
 from txblocks.hf.rules import Rule
 
 __all__ = ["GPTJ", "rope_fraction"]
@@ -51,12 +51,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
         c.unsupported("rotary_dim", why)
         rotary_dim = head_dim
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.n_positions,
-        "d_model": d_model,
-        "n_layers": c.n_layer,
-        "n_heads": n_heads,
+        **gpt2_sizes(c),
         "position": {"type": "rope", "theta": 10000.0, "interleaved": True,
                      "fraction": rope_fraction(rotary_dim, head_dim)},
         "embedding": {"dropout": c.embd_pdrop},
@@ -76,22 +71,8 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """GPTJConfig fields of a spec (checked by converting back)."""
-    block = s.block
-    return {
-        "vocab_size": s.vocab_size,
-        "n_positions": s.max_seq_len,
-        "n_embd": s.d_model,
-        "n_layer": s.n_layers,
-        "n_head": s.n_heads,
-        "rotary_dim": int(s.head_size * getattr(s.position, "fraction", 1.0)),
-        "n_inner": ffn_hidden(block.ffn, s.d_model),
-        "activation_function": hf_activation(getattr(block.ffn, "activation", None), "gelu_new"),
-        "resid_pdrop": block.dropout,
-        "embd_pdrop": s.embedding.dropout,
-        "attn_pdrop": block.attention.dropout,
-        "layer_norm_epsilon": getattr(block.norm, "eps", 1e-5),
-        "initializer_range": s.init_std,
-    }
+    rotary_dim = int(s.head_size * getattr(s.position, "fraction", 1.0))
+    return {**gpt2_config(s), "rotary_dim": rotary_dim}
 
 
 GPTJ = HFFamily(
