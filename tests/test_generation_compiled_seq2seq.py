@@ -149,3 +149,31 @@ def test_moe_with_a_batch_capacity_drops_at_a_decoding_step_as_eager(registry):
     expected = model.generate(ids, max_new_tokens=10)
     assert all(d > 0 for d in dropped[1:])  # eager decoding steps drop tokens
     assert torch.equal(model.generate(ids, max_new_tokens=10, **TRACE), expected)
+
+
+def test_a_relative_bias_table_per_layer(registry):
+    """UMT5: each decoder layer asks for its own bias table's mask."""
+    position = {"type": "relative_bias", "num_buckets": 8, "max_distance": 16, "per_layer": True}
+    model = _build(registry, "t5-small", position=position, **FAMILIES["t5-small"])
+    ids, mask = _sources()
+    _same_as_eager(model, ids, mask, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("layout", ["pre_norm", "post_norm", "reordered_norm"])
+def test_moe_blocks_of_every_layout_with_sandwich_norms(registry, layout):
+    """The static MoE path runs the block step by step: every layout, post-branch norms."""
+    block = {"layout": layout, "ffn": {"hidden": 64}}
+    if layout == "pre_norm":
+        block |= {"post_attention_norm": True, "post_ffn_norm": True}
+    moe = dict(SWITCH_MOE, top_k=2, capacity_factor=0.5)
+    model = _build(registry, "switch-base", block=block, layers=[{"select": "all", "ffn": moe}])
+    ids, mask = _sources()
+    _same_as_eager(model, ids, mask, max_new_tokens=8)
+
+
+def test_an_moe_block_with_a_part_the_static_path_does_not_know_is_refused(registry):
+    model = _build(registry, "switch-base", **FAMILIES["switch-base"])
+    model.decoder.blocks[1].gate = torch.nn.Identity()  # a part TransformerBlock may grow
+    ids, mask = _sources()
+    with pytest.raises(ValueError, match="layer 1: an MoE block with gate, which the static MoE"):
+        model.generate(ids, mask, max_new_tokens=4, **TRACE)

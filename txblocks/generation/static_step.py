@@ -64,7 +64,17 @@ def static_step_problems(model: TransformerStack) -> list[str]:
             problems.append(f"layer {i}: mask {strategy!r} (compile=True supports {allowed})")
         if isinstance(block.ffn, MoE) and (why := static_moe_problem(block.ffn)):
             problems.append(f"layer {i}: {why}")
+        unknown = sorted(set(block._modules) - MIRRORED_PARTS) if isinstance(block.ffn, MoE) else []
+        if unknown:
+            problems.append(f"layer {i}: an MoE block with {', '.join(unknown)}, which the static "
+                            "MoE path (a step-by-step copy of TransformerBlock.forward) does not run")
     return problems
+
+
+#: The parts of a block that :func:`_block` runs for an MoE block (the names of
+#: :class:`TransformerBlock`'s submodules); a block with any other part is refused.
+MIRRORED_PARTS = {"attention", "ffn", "norm1", "norm2", "cross_attention", "norm_cross",
+                  "post_attention_norm", "post_ffn_norm", "attention_scale", "ffn_scale", "dropout"}
 
 
 def _post(norm: nn.Module | None, h: Tensor) -> Tensor:
@@ -79,12 +89,14 @@ def _block(block: TransformerBlock, x: Tensor, mask: AttentionMask, rotate: Any,
     if not isinstance(block.ffn, MoE):
         return block(x, mask, rotate, context, context_mask, cache=cache, cross_cache=cross_cache)[0]
     moe, drop = block.ffn, block.dropout
+    attention_scale = getattr(block, "attention_scale", None)  # LayerScale (BEiT, CaiT)
+    ffn_scale = getattr(block, "ffn_scale", None)
 
     def attend(h: Tensor) -> Tensor:
-        return block.attention(h, mask, rotate, cache=cache)
+        return _post(attention_scale, block.attention(h, mask, rotate, cache=cache))
 
     def ffn(h: Tensor) -> Tensor:
-        return moe_all_experts(moe, h)
+        return _post(ffn_scale, moe_all_experts(moe, h))
 
     if block.layout == "parallel":
         h = block.norm1(x)
