@@ -65,7 +65,7 @@ def test_list_one_kind(capsys):
 def test_list_with_a_pattern(capsys):
     status, out = run(capsys, "list", "position", "r*")
     assert status == 0
-    assert [r[1] for r in listed_rows(out)] == ["relative_bias", "rope"]
+    assert [r[1] for r in listed_rows(out)] == ["relative_bias", "relative_bias_2d", "rope"]
 
 
 def test_list_with_a_pattern_that_matches_nothing(capsys):

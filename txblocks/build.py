@@ -18,6 +18,7 @@ from txblocks.nn.block import TransformerBlock
 from txblocks.nn.dims import ModelDims
 from txblocks.nn.embeddings import Embeddings
 from txblocks.nn.front_end import FrontEndInputs
+from txblocks.nn.layer_scale import LayerScale
 from txblocks.nn.model import Seq2SeqModel, TransformerModel, TransformerStack
 from txblocks.nn.vit import PatchEmbedding, VisionTransformer
 from txblocks.nn.width_norm import WidthNorm
@@ -128,6 +129,9 @@ def _block(spec: ModelSpec, block: BlockSpec, dims: ModelDims, device: torch.dev
     def norm(present: bool) -> nn.Module | None:
         return block.norm.build(dims.d_model) if present else None
 
+    def scale() -> LayerScale | None:
+        return LayerScale(dims.d_model, block.layer_scale) if block.layer_scale else None
+
     return TransformerBlock(
         _attention(block.attention, dims, device, f"{where}.attention"),
         block.ffn.build(dims.d_model),
@@ -139,6 +143,8 @@ def _block(spec: ModelSpec, block: BlockSpec, dims: ModelDims, device: torch.dev
         norm_cross=norm_cross,
         post_attention_norm=norm(block.post_attention_norm),
         post_ffn_norm=norm(block.post_ffn_norm),
+        attention_scale=scale(),
+        ffn_scale=scale(),
     )
 
 

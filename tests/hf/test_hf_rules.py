@@ -102,9 +102,9 @@ def test_builtin_families_have_distinct_names_and_classes() -> None:
     names = [f.name for f in builtin_families()]
     assert names[:11] == ["gpt2", "bert", "roberta", "llama", "mistral", "qwen2", "mixtral", "t5",
                           "t5_encoder", "bart", "vit"]  # fmt: skip
-    # the 25 of issue 15; Gemma 2, OLMo 2, UMT5 (and its encoder), ALBERT, CLIP vision, Whisper
-    # of issue 16
-    assert len(set(names)) == len(names) == 43
+    # the 25 of issue 15; Gemma 2, OLMo 2, UMT5 (and its encoder), ALBERT, CLIP vision, Whisper,
+    # BEiT of issue 16
+    assert len(set(names)) == len(names) == 44
     classes = [h.hf_class for f in builtin_families() for h in f.heads]
     assert len(set(classes)) == len(classes)
     # one model_type per family, except the T5-style encoder-only classes, families of their

@@ -446,14 +446,15 @@ def test_duplicate_in_one_registry_and_override():
 
 def test_names_with_wildcards(registry):
     assert registry.names("position", "rope*") == ["rope"]
-    assert registry.names("position", "r*") == ["relative_bias", "rope"]
+    assert registry.names("position", "r*") == ["relative_bias", "relative_bias_2d", "rope"]
     assert registry.names("activation", "gelu*") == ["gelu", "gelu_tanh"]
     assert registry.names("activation", "*gelu") == ["gelu", "quick_gelu"]
     assert registry.names("mask", "????") == ["none"]
     assert registry.names("norm") == ["layernorm", "rmsnorm"]
     assert registry.names("norm", "x*") == []
     assert registry.names("no_such_kind") == []
-    assert [e.name for e in registry.entries("position", "r*")] == ["relative_bias", "rope"]
+    assert [e.name for e in registry.entries("position", "r*")] == ["relative_bias",
+                                                                    "relative_bias_2d", "rope"]
     assert {e.kind for e in registry.entries(None, "*norm")} == {"norm"}
 
 
@@ -462,7 +463,7 @@ def test_get_errors_suggest_names(registry):
                                             r"rmsnorm; did you mean 'rmsnorm'\?"):
         registry.get("norm", "rmsnrom")
     with pytest.raises(RegistryError, match=r"unknown component kind 'nrom'; known kinds: "
-                                            r"activation, attention, ffn, head, mask, norm, "
+                                            r"activation, attention, ffn, front_end, head, mask, norm, "
                                             r"position, quantization; did you mean 'norm'\?"):
         registry.get("nrom", "rmsnorm")
     with pytest.raises(RegistryError,

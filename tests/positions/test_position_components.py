@@ -23,7 +23,7 @@ from txblocks.nn.positions import (
 from txblocks.registry import Registry
 
 DIMS = ModelDims(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=16, n_layers=2)
-NAMES = ["alibi", "learned", "none", "relative_bias", "rope", "sinusoidal"]
+NAMES = ["alibi", "learned", "none", "relative_bias", "relative_bias_2d", "rope", "sinusoidal"]
 
 
 @pytest.fixture

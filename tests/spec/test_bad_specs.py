@@ -89,7 +89,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("activation-dict", {"block__ffn__activation": {"type": "slu"}}, "block.ffn.activation.type",
      E("unknown type 'slu'") + ".*" + E("did you mean 'silu'?")),
     ("position-type", {"position": {"type": "rop", "theta": 10000}}, "position.type",
-     E("unknown type 'rop'; allowed: alibi, learned, none, relative_bias, rope, sinusoidal")
+     E("unknown type 'rop'; allowed: alibi, learned, none, relative_bias, relative_bias_2d, rope, sinusoidal")
      + ".*" + E("did you mean 'rope'?")),
     ("attention-kernel", {"block__attention__kernel": "sdpaa"}, "block.attention.kernel.type",
      E("unknown type 'sdpaa'; allowed: auto, eager, sdpa, xformers; did you mean 'sdpa'?")),
@@ -119,7 +119,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      E("unknown field 'hiden'; allowed fields: activation, bias, dropout, hidden, type; "
        "did you mean 'hidden'?")),
     ("block-field-typo", {"block__layuot": "post_norm"}, "block.layuot",
-     E("unknown field 'layuot'; allowed fields: attention, dropout, ffn, layout, norm, "
+     E("unknown field 'layuot'; allowed fields: attention, dropout, ffn, layer_scale, layout, norm, "
        "post_attention_norm, post_ffn_norm, shared_norm; did you mean 'layout'?")),
     ("attention-field-typo", {"block__attention__qkv_baas": False}, "block.attention.qkv_baas",
      E("unknown field 'qkv_baas'") + ".*" + E("did you mean 'qkv_bias'?")),
@@ -127,7 +127,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
      E("unknown field 'dropuot'") + ".*" + E("did you mean 'dropout'?")),
     ("override-field-typo", {"layers": [{"select": "odd", "atention": {"bias": False}}]},
      "layers[0].atention",
-     E("unknown field 'atention'; allowed fields: attention, dropout, ffn, layout, norm, "
+     E("unknown field 'atention'; allowed fields: attention, dropout, ffn, layer_scale, layout, norm, "
        "post_attention_norm, post_ffn_norm, select, shared_norm, stack; "
        "did you mean 'attention'?")),
     ("position-field-typo", {"position": {"type": "rope", "theeta": 1e4}}, "position.theeta",

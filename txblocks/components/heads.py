@@ -10,6 +10,7 @@ from torch import nn
 from txblocks.nn.dims import ModelDims
 from txblocks.nn.heads import ClassifierHead, LMHead, MLMHead, TokenClassifierHead
 from txblocks.registry import ComponentConfig, Registry, slot
+from txblocks.spec.slots import Slot
 
 
 class LMHeadConfig(ComponentConfig):
@@ -41,6 +42,9 @@ class ClassifierConfig(ComponentConfig):
     pooling: Literal["cls", "mean", "last"] = "cls"
     pooler: bool = Field(False, description="BERT's dense + tanh pooler before the classifier.")
     dropout: float = Field(0.0, ge=0, lt=1)
+    norm: Slot["norm"] | None = Field(
+        None, description="A norm on the pooled state (BEiT: LayerNorm of the patches' mean)."
+    )
 
 
 class TokenClassifierConfig(ComponentConfig):
@@ -81,7 +85,7 @@ def classifier(dims: ModelDims, embedding: nn.Embedding, config: ClassifierConfi
     """Sequence classification logits (B, n_classes)."""
     return ClassifierHead(
         dims.d_model, config.n_classes, pooling=config.pooling, pooler=config.pooler,
-        dropout=config.dropout,
+        dropout=config.dropout, norm=config.norm.build(dims.d_model) if config.norm else None,
     )
 
 

@@ -25,6 +25,7 @@ from txblocks.nn.positions import (
     RotaryPositions,
     SinusoidalPositions,
 )
+from txblocks.nn.positions.relative_bias_2d import RelativePositionBias2D
 from txblocks.registry import ComponentConfig, Registry
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "LinearScalingConfig",
     "Llama3ScalingConfig",
     "NoPositionConfig",
+    "RelativeBias2DConfig",
     "RelativeBiasConfig",
     "RopeConfig",
     "RopeScalingConfig",
@@ -267,6 +269,30 @@ def _relative_bias(dims: ModelDims, config: RelativeBiasConfig) -> RelativePosit
     )
 
 
+class RelativeBias2DConfig(ComponentConfig):
+    """BEiT's learned 2-D relative position bias (Bao et al. 2022, §2.2): one bias per head for
+    each (row, column) offset between patches, and three for the class token. vit only, with a
+    class token and no registers, at the spec's image size."""
+
+    per_layer: bool = Field(
+        False,
+        description="A table per layer (BEiT's use_relative_position_bias); false: one table "
+        "shared by every layer (use_shared_relative_position_bias).",
+    )
+
+
+def _relative_bias_2d(dims: ModelDims, config: RelativeBias2DConfig) -> RelativePositionBias2D:
+    """BEiT's 2-D relative position bias over the patch grid of a vit.
+
+    Raises:
+        BuildError: the model has no patch grid (not a vit).
+    """
+    if dims.grid is None:
+        raise BuildError("position: relative_bias_2d needs a patch grid (arch: vit)")
+    return RelativePositionBias2D(dims.n_heads, dims.grid,
+                                  layers=dims.n_layers if config.per_layer else None)
+
+
 def register(registry: Registry) -> None:
     """Register the built-in positional schemes under kind ``position``."""
     registry.add("position", "none", _none, NoPositionConfig)
@@ -275,3 +301,4 @@ def register(registry: Registry) -> None:
     registry.add("position", "rope", _rope, RopeConfig)
     registry.add("position", "alibi", _alibi, AlibiConfig)
     registry.add("position", "relative_bias", _relative_bias, RelativeBiasConfig)
+    registry.add("position", "relative_bias_2d", _relative_bias_2d, RelativeBias2DConfig)

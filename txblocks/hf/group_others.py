@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from txblocks.hf.beit import BEIT
 from txblocks.hf.clip_text import CLIP_TEXT
 from txblocks.hf.clip_vision import CLIP_VISION
 from txblocks.hf.deit import DEIT
@@ -23,5 +24,5 @@ __all__ = ["FAMILIES"]
 FAMILIES: tuple[HFFamily, ...] = (
     XLM_ROBERTA, DISTILBERT, ELECTRA, MT5, MT5_ENCODER, MBART, MARIAN, PEGASUS,
     SWITCH, SWITCH_ENCODER, QWEN2_MOE, DEIT, CLIP_TEXT, CLIP_VISION,
-    WHISPER,
+    WHISPER, BEIT,
 )  # fmt: skip

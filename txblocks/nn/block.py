@@ -48,13 +48,18 @@ class TransformerBlock(nn.Module):
         cross_attention, norm_cross: decoder blocks of encoder–decoder models attend
             to the encoder output between self-attention and ffn.
         post_attention_norm, post_ffn_norm: norms of the attention and ffn outputs, or None.
+        attention_scale, ffn_scale: modules applied to the self-attention and ffn outputs
+            right after them (before a post norm, if any; LayerScale, Touvron et al. 2021:
+            BEiT, CaiT), or None.
     """
 
     def __init__(self, attention: Attention, ffn: nn.Module, norm1: nn.Module,
                  norm2: nn.Module | None, *, layout: Layout = "pre_norm", dropout: float = 0.0,
                  cross_attention: Attention | None = None, norm_cross: nn.Module | None = None,
                  post_attention_norm: nn.Module | None = None,
-                 post_ffn_norm: nn.Module | None = None) -> None:
+                 post_ffn_norm: nn.Module | None = None,
+                 attention_scale: nn.Module | None = None,
+                 ffn_scale: nn.Module | None = None) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
@@ -75,6 +80,7 @@ class TransformerBlock(nn.Module):
         self.norm1, self.norm2 = norm1, norm2
         self.cross_attention, self.norm_cross = cross_attention, norm_cross
         self.post_attention_norm, self.post_ffn_norm = post_attention_norm, post_ffn_norm
+        self.attention_scale, self.ffn_scale = attention_scale, ffn_scale
         self.layout = layout
         self.dropout = nn.Dropout(dropout)
 
@@ -105,14 +111,15 @@ class TransformerBlock(nn.Module):
         def post(norm: nn.Module | None, h: Tensor) -> Tensor:
             return h if norm is None else norm(h)
 
+        def attend(h: Tensor) -> Tensor:
+            return post(self.attention_scale, self.attention(h, mask, rotate, cache=cache))
+
         if self.layout == "parallel":
             h = self.norm1(x)
             out, aux = run_ffn(h if self.norm2 is None else self.norm2(x))
-            attended = self.attention(h, mask, rotate, cache=cache)
-            return x + drop(post(self.post_attention_norm, attended)) \
-                + drop(post(self.post_ffn_norm, out)), aux
-        steps = [(self.norm1, lambda h: self.attention(h, mask, rotate, cache=cache),
-                  self.post_attention_norm)]
+            return x + drop(post(self.post_attention_norm, attend(h))) \
+                + drop(post(self.post_ffn_norm, post(self.ffn_scale, out))), aux
+        steps = [(self.norm1, attend, self.post_attention_norm)]
         if self.cross_attention is not None and self.norm_cross is not None:
             if context is None or context_mask is None:
                 raise ValueError("this block cross-attends: pass context and context_mask")
@@ -124,7 +131,7 @@ class TransformerBlock(nn.Module):
         def ffn(h: Tensor) -> Tensor:
             nonlocal aux
             out, aux = run_ffn(h)
-            return out
+            return post(self.ffn_scale, out)
 
         norm2 = cast(nn.Module, self.norm2)  # None in the parallel layout only (see __init__)
         steps.append((norm2, ffn, self.post_ffn_norm))

@@ -17,6 +17,7 @@ class ModelDims:
         max_seq_len: the longest sequence the model is built for.
         n_layers: blocks in the stack being built.
         vocab_size: tokens in the vocabulary (0 where there is none).
+        grid: the patch grid (rows, columns) of a vision model; None for the others.
     """
 
     d_model: int
@@ -26,3 +27,4 @@ class ModelDims:
     max_seq_len: int
     n_layers: int
     vocab_size: int = 0
+    grid: tuple[int, int] | None = None

@@ -78,18 +78,23 @@ def pool(hidden: Tensor, attention_mask: Tensor | None, how: Pooling) -> Tensor:
 
 
 class ClassifierHead(nn.Module):
-    """Sequence classification: pool, optional dense+tanh pooler (BERT), dropout, linear."""
+    """Sequence classification: pool, optional norm (BEiT), optional dense+tanh pooler
+    (BERT), dropout, linear."""
 
     def __init__(self, dim: int, n_classes: int, *, pooling: Pooling = "cls",
-                 pooler: bool = False, dropout: float = 0.0) -> None:
+                 pooler: bool = False, dropout: float = 0.0, norm: nn.Module | None = None) -> None:
         super().__init__()
         self.pooling = pooling
+        self.norm = norm
         self.pooler = nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) if pooler else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(dim, n_classes)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        pooled = self.pooler(pool(hidden, attention_mask, self.pooling))  # (B, C)
+        pooled = pool(hidden, attention_mask, self.pooling)  # (B, C)
+        if self.norm is not None:
+            pooled = self.norm(pooled)
+        pooled = self.pooler(pooled)
         return self.out(self.dropout(pooled))  # (B, K)
 
 

@@ -28,6 +28,8 @@ def dims_of(spec: ModelSpec) -> ModelDims:
         max_seq_len=spec.max_seq_len,
         n_layers=spec.n_layers,
         vocab_size=spec.vocab,
+        grid=(spec.image_hw[0] // spec.patch_hw[0], spec.image_hw[1] // spec.patch_hw[1])
+        if isinstance(spec, VitSpec) else None,
     )
 
 

@@ -126,6 +126,12 @@ class BlockSpec(SpecModel):
     post_ffn_norm: bool = Field(
         False, description="A norm (block.norm) on the ffn output before the residual add (Gemma 2)."
     )
+    layer_scale: float | None = Field(
+        None,
+        gt=0,
+        description="LayerScale (Touvron et al. 2021): the attention and ffn outputs times a "
+        "learned per-channel vector initialised to this (BEiT: 0.1); null: none.",
+    )
 
 
 def _partial(model: type[SpecModel], name: str) -> type[SpecModel]:
@@ -215,6 +221,7 @@ class LayerOverride(SpecModel):
     shared_norm: bool | None = None
     post_attention_norm: bool | None = None
     post_ffn_norm: bool | None = None
+    layer_scale: float | None = Field(None, gt=0)
 
     def out_of_range(self, n_layers: int) -> str | None:
         """Why the selection does not fit ``n_layers`` layers, or None when it does."""
@@ -251,7 +258,7 @@ Stack = Literal["encoder", "decoder"]
 
 #: The block fields a layer override may set besides ``attention``.
 OVERRIDDEN = ("layout", "norm", "ffn", "dropout", "shared_norm", "post_attention_norm",
-              "post_ffn_norm")
+              "post_ffn_norm", "layer_scale")
 
 
 class ShareLayers(SpecModel):

@@ -15,9 +15,11 @@ from txblocks.testing.report import Report
 
 __all__ = ["DEFAULT_DIMS", "check_component"]
 
-#: The model the components are built for: small, with grouped K/V heads.
+#: The model the components are built for: small, with grouped K/V heads (and a 2x4 patch
+#: grid, for the components of vision models).
 DEFAULT_DIMS = ModelDims(
-    d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=64, n_layers=2, vocab_size=64
+    d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=64, n_layers=2, vocab_size=64,
+    grid=(2, 4),
 )
 
 
@@ -36,6 +38,8 @@ def _position(config: ComponentConfig, dims: ModelDims, options: dict[str, Any])
         "head_dim": dims.head_dim, "n_heads": dims.n_heads, "n_kv_heads": dims.n_kv_heads,
         "d_model": dims.d_model, "max_position": dims.max_seq_len,
     }  # fmt: skip
+    if getattr(scheme, "relative", None) is False:  # a scheme that says its bias is not 1-D relative
+        defaults["relative"] = False
     return check_positional_scheme(scheme, **{**defaults, **options})
 
 
