@@ -25,8 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.decoder_common import config_sizes, qkv_bias
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
-from txblocks.hf.family import lm_head
+from txblocks.hf.family import ConfigView, activation, causal_lm_family, ffn_hidden, hf_activation
 from txblocks.hf.gpt_neox import GroupedQKV
 from txblocks.hf.llama import rope, rope_parameters
 from txblocks.hf.rules import Rule
@@ -130,16 +129,4 @@ def config(s: Any) -> dict[str, Any]:
     }
 
 
-FALCON = HFFamily(
-    name="falcon",
-    arch="decoder",
-    model_type="falcon",
-    config_class="FalconConfig",
-    spec=spec,
-    config=config,
-    weights=WEIGHTS,
-    heads=(
-        HFHead("FalconModel", None),
-        lm_head("FalconForCausalLM"),
-    ),
-)
+FALCON = causal_lm_family("falcon", "Falcon", spec, config, WEIGHTS)

@@ -27,6 +27,7 @@ __all__ = [
     "HFHead",
     "activation",
     "activation_name",
+    "causal_lm_family",
     "ffn_hidden",
     "hf_activation",
     "lm_head",
@@ -134,6 +135,32 @@ def lm_head(hf_class: str, *, bias: bool = False) -> HFHead:
         spec=lambda c: {"type": "lm", "tie_embeddings": c.tie_word_embeddings, "bias": bias},
         config=lambda head: {"tie_word_embeddings": head["tie_embeddings"]},
         weights=(Rule(f"lm_head.{p}", f"head.proj.{p}"),),
+    )
+
+
+def causal_lm_family(
+    name: str,
+    prefix: str,
+    spec: Callable[[ConfigView], dict[str, Any]],
+    config: Callable[[Any], dict[str, Any]],
+    weights: tuple[Rule, ...],
+    *,
+    lm_bias: bool = False,
+    ignored: Mapping[str, str] | None = None,
+) -> HFFamily:
+    """A decoder family of ``model_type`` ``name`` whose classes are ``{prefix}Model`` and
+    ``{prefix}ForCausalLM`` (:func:`lm_head`, with a bias where ``lm_bias``), configured
+    by ``{prefix}Config``."""
+    return HFFamily(
+        name=name,
+        arch="decoder",
+        model_type=name,
+        config_class=f"{prefix}Config",
+        spec=spec,
+        config=config,
+        weights=weights,
+        heads=(HFHead(f"{prefix}Model", None), lm_head(f"{prefix}ForCausalLM", bias=lm_bias)),
+        ignored={} if ignored is None else ignored,
     )
 
 

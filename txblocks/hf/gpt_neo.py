@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
-from txblocks.hf.family import lm_head
+from txblocks.hf.family import ConfigView, activation, causal_lm_family, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
 __all__ = ["GPT_NEO"]
@@ -101,17 +100,7 @@ def config(s: Any) -> dict[str, Any]:
     }
 
 
-GPT_NEO = HFFamily(
-    name="gpt_neo",
-    arch="decoder",
-    model_type="gpt_neo",
-    config_class="GPTNeoConfig",
-    spec=spec,
-    config=config,
-    weights=WEIGHTS,
-    heads=(
-        HFHead("GPTNeoModel", None),
-        lm_head("GPTNeoForCausalLM"),
-    ),
+GPT_NEO = causal_lm_family(
+    "gpt_neo", "GPTNeo", spec, config, WEIGHTS,
     ignored={"classifier_dropout": "read only by the classification heads"},
 )

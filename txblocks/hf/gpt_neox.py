@@ -18,8 +18,7 @@ import torch
 from torch import Tensor
 
 from txblocks.hf.decoder_common import config_sizes, qkv_bias
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
-from txblocks.hf.family import lm_head
+from txblocks.hf.family import ConfigView, activation, causal_lm_family, ffn_hidden, hf_activation
 from txblocks.hf.llama import rope, rope_parameters
 from txblocks.hf.rules import Rule
 
@@ -165,18 +164,8 @@ def config(s: Any) -> dict[str, Any]:
     }
 
 
-GPT_NEOX = HFFamily(
-    name="gpt_neox",
-    arch="decoder",
-    model_type="gpt_neox",
-    config_class="GPTNeoXConfig",
-    spec=spec,
-    config=config,
-    weights=WEIGHTS,
-    heads=(
-        HFHead("GPTNeoXModel", None),
-        lm_head("GPTNeoXForCausalLM"),
-    ),
+GPT_NEOX = causal_lm_family(
+    "gpt_neox", "GPTNeoX", spec, config, WEIGHTS,
     ignored={
         "classifier_dropout": "read only by the classification heads",
         "is_decoder": "transformers 5's GPT-NeoX model never reads it (always causal)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, lm_head
+from txblocks.hf.family import ConfigView, activation, causal_lm_family
 from txblocks.hf.gpt2 import gpt2_config, gpt2_sizes
 from txblocks.hf.rules import Rule
 
@@ -75,16 +75,4 @@ def config(s: Any) -> dict[str, Any]:
     return {**gpt2_config(s), "rotary_dim": rotary_dim}
 
 
-GPTJ = HFFamily(
-    name="gptj",
-    arch="decoder",
-    model_type="gptj",
-    config_class="GPTJConfig",
-    spec=spec,
-    config=config,
-    weights=WEIGHTS,
-    heads=(
-        HFHead("GPTJModel", None),
-        lm_head("GPTJForCausalLM", bias=True),
-    ),
-)
+GPTJ = causal_lm_family("gptj", "GPTJ", spec, config, WEIGHTS, lm_bias=True)

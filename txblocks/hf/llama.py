@@ -20,7 +20,7 @@ from typing import Any
 
 from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, attention, decoder_config, glu, qkv_bias
 from txblocks.hf.decoder_common import sizes
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, lm_head
+from txblocks.hf.family import ConfigView, HFFamily, causal_lm_family
 from txblocks.hf.rules import Rule
 
 __all__ = ["LLAMA", "MISTRAL", "QWEN2"]
@@ -234,20 +234,7 @@ def _family(
     """A decoder family of the Llama kind: ``{prefix}Model`` and ``{prefix}ForCausalLM``."""
     if ignored is None:
         ignored = {"pretraining_tp": "transformers 5 ignores it; 4.x slices the same products"}
-    return HFFamily(
-        name=name,
-        arch="decoder",
-        model_type=name,
-        config_class=f"{prefix}Config",
-        spec=spec,
-        config=config,
-        weights=weights,
-        heads=(
-            HFHead(f"{prefix}Model", None),
-            lm_head(f"{prefix}ForCausalLM"),
-        ),
-        ignored=ignored,
-    )  # fmt: skip
+    return causal_lm_family(name, prefix, spec, config, weights, ignored=ignored)
 
 
 LLAMA = _family("llama", "Llama", llama_spec, llama_config)

@@ -21,8 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.decoder_common import config_sizes, qkv_bias
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
-from txblocks.hf.family import lm_head
+from txblocks.hf.family import ConfigView, activation, causal_lm_family, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
 __all__ = ["OPT"]
@@ -102,16 +101,4 @@ def config(s: Any) -> dict[str, Any]:
     }
 
 
-OPT = HFFamily(
-    name="opt",
-    arch="decoder",
-    model_type="opt",
-    config_class="OPTConfig",
-    spec=spec,
-    config=config,
-    weights=WEIGHTS,
-    heads=(
-        HFHead("OPTModel", None),
-        lm_head("OPTForCausalLM"),
-    ),
-)
+OPT = causal_lm_family("opt", "OPT", spec, config, WEIGHTS)

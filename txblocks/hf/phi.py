@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from txblocks.hf.decoder_common import EMBED_TOKENS, QKV, decoder_config, sizes
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, lm_head
+from txblocks.hf.family import ConfigView, activation, causal_lm_family
 from txblocks.hf.gpt_neox import partial_rope, partial_rope_parameters
 from txblocks.hf.rules import Rule
 
@@ -69,16 +69,4 @@ def config(s: Any) -> dict[str, Any]:
     }
 
 
-PHI = HFFamily(
-    name="phi",
-    arch="decoder",
-    model_type="phi",
-    config_class="PhiConfig",
-    spec=spec,
-    config=config,
-    weights=WEIGHTS,
-    heads=(
-        HFHead("PhiModel", None),
-        lm_head("PhiForCausalLM", bias=True),
-    ),
-)
+PHI = causal_lm_family("phi", "Phi", spec, config, WEIGHTS, lm_bias=True)
