@@ -72,6 +72,8 @@ def txblocks_register(registry: Registry) -> None:
     ``mask``          ``(config)``                                   a :class:`~txblocks.attention.MaskStrategy`
     ``position``      ``(dims: ModelDims, config)``                  a :class:`~txblocks.nn.PositionalScheme`
     ``head``          ``(dims: ModelDims, embedding, config)``       module ``(B, T, d_model) -> logits``
+    ``front_end``     ``(inputs: FrontEndInputs, config)``           module: raw inputs -> the first
+                      (:class:`txblocks.nn.front_end.FrontEndInputs`) hidden states ``(B, T, d_model)``
     ``adapter``       ``(config)``                                   an object applied by a
                                                                      ``txblocks_after_build`` hook
     ``hf_family``     ``(config)``                                   a :class:`txblocks.hf.HFFamily`
@@ -85,7 +87,7 @@ def txblocks_register(registry: Registry) -> None:
 
     What a factory returns is checked when it is built: a factory that raises, or
     returns None or the wrong type for its kind (the table's kinds from ``norm`` to
-    ``head``), gives a :class:`txblocks.BuildError` naming the spec path, the
+    ``front_end``), gives a :class:`txblocks.BuildError` naming the spec path, the
     component and the plugin that registered it.
     """
 
