@@ -80,8 +80,9 @@ def _ffn(c: ConfigView, hidden: int) -> dict[str, Any]:
             "bias": True, "dropout": c.activation_dropout}  # fmt: skip
 
 
-def spec(c: ConfigView) -> dict[str, Any]:
-    """The spec of a BartConfig (without head)."""
+def check_stacks(c: ConfigView) -> None:
+    """Problems of a BART-style config with what one txblocks seq2seq model cannot hold: two
+    head counts, LayerDrop."""
     if c.encoder_attention_heads != c.decoder_attention_heads:
         c.unsupported("decoder_attention_heads", (
             f"differs from encoder_attention_heads ({c.encoder_attention_heads}); a txblocks "
@@ -90,6 +91,11 @@ def spec(c: ConfigView) -> dict[str, Any]:
         if c.get(key):
             c.unsupported(key, "txblocks has no LayerDrop (it skips layers in training only); "
                           "set it to 0 to convert")  # fmt: skip
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of a BartConfig (without head)."""
+    check_stacks(c)
     layers = []
     if c.decoder_ffn_dim != c.encoder_ffn_dim:
         layers.append({"stack": "decoder", "select": "all", "ffn": _ffn(c, c.decoder_ffn_dim)})

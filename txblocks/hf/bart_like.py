@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from txblocks.hf.bart import _NORM_EPS, _layers, _Row
+from txblocks.hf.bart import check_stacks
 from txblocks.hf.bart import config as _config
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation
 from txblocks.hf.rules import Rule
@@ -96,14 +97,7 @@ def _check_sinusoid(c: ConfigView) -> None:
 
 
 def _spec(c: ConfigView, v: Variant) -> dict[str, Any]:
-    if c.encoder_attention_heads != c.decoder_attention_heads:
-        c.unsupported("decoder_attention_heads", (
-            f"differs from encoder_attention_heads ({c.encoder_attention_heads}); a txblocks "
-            "seq2seq model has one n_heads"))  # fmt: skip
-    for key in ("encoder_layerdrop", "decoder_layerdrop"):
-        if c.get(key):
-            c.unsupported(key, "txblocks has no LayerDrop (it skips layers in training only); "
-                          "set it to 0 to convert")  # fmt: skip
+    check_stacks(c)
     if v.sinusoid:
         _check_sinusoid(c)
     layers = []

@@ -19,6 +19,7 @@ __all__ = [
     "attention",
     "config_sizes",
     "decoder_config",
+    "decoder_sizes",
     "glu",
     "head_dim_field",
     "qkv_bias",
@@ -40,8 +41,20 @@ QKV = Rule(
 )
 
 
+def decoder_sizes(c: ConfigView) -> dict[str, Any]:
+    """The spec's ``arch``, vocabulary, length, width, depth and heads."""
+    return {
+        "arch": "decoder",
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.max_position_embeddings,
+        "d_model": c.hidden_size,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": c.num_attention_heads,
+    }
+
+
 def sizes(c: ConfigView, *, n_kv_heads: Any = None, head_dim: Any = None) -> dict[str, Any]:
-    """The spec's ``arch`` and sizes.
+    """:func:`decoder_sizes`, with the kv heads and the head size.
 
     Args:
         c: the config.
@@ -50,14 +63,7 @@ def sizes(c: ConfigView, *, n_kv_heads: Any = None, head_dim: Any = None) -> dic
         head_dim: given where a family reads it its own way; by default the config's
             ``head_dim`` where set, else ``hidden_size // num_attention_heads``.
     """
-    out = {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": c.hidden_size,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
-    }
+    out = decoder_sizes(c)
     if n_kv_heads is None:
         n_kv_heads = c.num_key_value_heads or c.num_attention_heads
     if head_dim is None:

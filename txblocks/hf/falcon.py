@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.decoder_common import config_sizes, qkv_bias
+from txblocks.hf.decoder_common import config_sizes, decoder_sizes, qkv_bias
 from txblocks.hf.family import ConfigView, activation, causal_lm_family, ffn_hidden, hf_activation
 from txblocks.hf.gpt_neox import GroupedQKV
 from txblocks.hf.llama import rope, rope_parameters
@@ -80,16 +80,11 @@ def spec(c: ConfigView) -> dict[str, Any]:
     if c.alibi:
         c.unsupported("alibi", "Falcon's ALiBi (slopes rounded to bfloat16, added before the "
                       "1/sqrt(head_dim) scale) is not txblocks' alibi; only rotary Falcons convert")
-    d_model, n_heads = c.hidden_size, c.num_attention_heads
+    n_heads = c.num_attention_heads
     layout, kv, shared_norm = _layout(c, n_heads)
     c.get("attention_dropout")  # no dropout on the rotary path's probabilities
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": d_model,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": n_heads,
+        **decoder_sizes(c),
         "n_kv_heads": kv,
         "position": rope(c),
         "block": {

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from txblocks.hf.decoder_common import config_sizes, qkv_bias
+from txblocks.hf.decoder_common import config_sizes, decoder_sizes, qkv_bias
 from txblocks.hf.family import ConfigView, activation, causal_lm_family, ffn_hidden, hf_activation
 from txblocks.hf.llama import rope, rope_parameters
 from txblocks.hf.rules import Rule
@@ -125,12 +125,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
     """The spec of a GPTNeoXConfig (without head)."""
     d_model, n_heads = c.hidden_size, c.num_attention_heads
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": d_model,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": n_heads,
+        **decoder_sizes(c),
         "position": partial_rope(c, d_model // n_heads),
         "embedding": {"dropout": c.hidden_dropout},
         "block": {

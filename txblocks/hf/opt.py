@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from txblocks.hf.decoder_common import config_sizes, qkv_bias
+from txblocks.hf.decoder_common import config_sizes, decoder_sizes, qkv_bias
 from txblocks.hf.family import ConfigView, activation, causal_lm_family, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
@@ -60,12 +60,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
     norm = {"type": "layernorm", "eps": 1e-5, "affine": affine, "bias": affine}
     bias = bool(c.enable_bias)
     return {
-        "arch": "decoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": d_model,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
+        **decoder_sizes(c),
         "position": {"type": "learned", "offset": OFFSET},
         "embedding": embedding,
         "block": {
