@@ -181,6 +181,16 @@ def decoder_checks(
     return test_same_numbers, test_round_trip
 
 
+def config_problems(config: Any) -> dict[str, str]:
+    """``spec_from_hf(config)``'s problems, path -> message; asserts that it refuses (raises
+    :class:`HFConversionError`)."""
+    from txblocks.hf import HFConversionError, spec_from_hf
+
+    with pytest.raises(HFConversionError) as info:
+        spec_from_hf(config)
+    return {p.path: p.message for p in info.value.problems}
+
+
 # --- decoders_b (issue 15): a check that the parity tests exercise positions ---------------
 
 
