@@ -62,6 +62,9 @@ def _example_input(spec: ModelSpec, seq_len: int) -> dict[str, torch.Tensor]:
     if isinstance(spec, VitSpec):
         return {"pixel_values": torch.randn(1, spec.channels, *spec.image_hw)}
     ids = torch.randint(0, spec.vocab, (1, seq_len))
+    mels = getattr(getattr(spec, "front_end", None), "mels", None)
+    if isinstance(spec, Seq2SeqSpec) and mels is not None:  # audio: frames become T / 2
+        return {"input_features": torch.randn(1, mels, 2 * seq_len), "decoder_input_ids": ids}
     if isinstance(spec, Seq2SeqSpec):
         return {"input_ids": ids, "decoder_input_ids": ids}
     return {"input_ids": ids}

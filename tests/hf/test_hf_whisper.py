@@ -106,3 +106,11 @@ def test_features_of_the_wrong_shape_are_refused() -> None:
         model(input_features=torch.randn(1, 8, 24), decoder_input_ids=torch.ones(1, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="reads input_features"):
         model(torch.ones(1, 4, dtype=torch.long), decoder_input_ids=torch.ones(1, 1, dtype=torch.long))
+
+
+def test_summary_measures_a_forward_on_audio_features() -> None:
+    from txblocks.summary import summarize
+
+    spec = from_hf(CASES[next(iter(CASES))]()).spec
+    summary = summarize(spec, seq_len=8)
+    assert summary.forward_flops > 0 and summary.parameters > 0
