@@ -22,13 +22,16 @@ from txblocks.hf.rules import Rule
 
 __all__ = ["MIXTRAL"]
 
-WEIGHTS = (
-    *(rule for rule in LLAMA_WEIGHTS if ".mlp." not in str(rule.hf)),
+#: The router and the stacked experts (one slice per txblocks expert), as Mixtral and
+#: Qwen2-MoE store them.
+MOE_WEIGHTS = (
     Rule("layers.{i}.mlp.gate.weight", "blocks.{i}.ffn.router.weight"),
     Rule("layers.{i}.mlp.experts.gate_up_proj", "blocks.{i}.ffn.experts.{e}.gate_up.weight",
          "select"),
     Rule("layers.{i}.mlp.experts.down_proj", "blocks.{i}.ffn.experts.{e}.down.weight", "select"),
 )  # fmt: skip
+
+WEIGHTS = (*(rule for rule in LLAMA_WEIGHTS if ".mlp." not in str(rule.hf)), *MOE_WEIGHTS)
 
 
 def spec(c: ConfigView) -> dict[str, Any]:

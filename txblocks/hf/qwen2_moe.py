@@ -20,16 +20,14 @@ from txblocks.hf.decoder_common import qkv_bias
 from txblocks.hf.family import ConfigView, activation, ffn_hidden, hf_activation
 from txblocks.hf.llama import WEIGHTS as LLAMA_WEIGHTS
 from txblocks.hf.llama import _family, qwen2_config, qwen2_spec
+from txblocks.hf.mixtral import MOE_WEIGHTS
 from txblocks.hf.rules import Rule
 
 __all__ = ["QWEN2_MOE"]
 
 WEIGHTS = (
     *LLAMA_WEIGHTS,  # attention, norms, and the dense layers' mlp
-    Rule("layers.{i}.mlp.gate.weight", "blocks.{i}.ffn.router.weight"),
-    Rule("layers.{i}.mlp.experts.gate_up_proj", "blocks.{i}.ffn.experts.{e}.gate_up.weight",
-         "select"),
-    Rule("layers.{i}.mlp.experts.down_proj", "blocks.{i}.ffn.experts.{e}.down.weight", "select"),
+    *MOE_WEIGHTS,
     Rule(("layers.{i}.mlp.shared_expert.gate_proj.weight",
           "layers.{i}.mlp.shared_expert.up_proj.weight"), "blocks.{i}.ffn.shared.gate_up.weight",
          "concat"),
