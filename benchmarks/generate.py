@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, machine, matvec_bandwidth, median_seconds  # noqa: E402
+from common import compare, machine, matvec_bandwidth  # noqa: E402
 
 import txblocks  # noqa: E402
 from txblocks.quantize import stored_bytes  # noqa: E402

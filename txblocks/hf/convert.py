@@ -290,10 +290,28 @@ def to_hf(model: nn.Module, *, family: str | None = None, registry: Registry | N
     Raises:
         HFConversionError: no family can express the spec; each one's reasons are listed.
     """
+    chosen, head, config = target_family(model, family, registry, action="to_hf")
+    hf = _new_hf(head, config, model.spec)
+    parameter = next(model.parameters())
+    hf.to(device=parameter.device, dtype=parameter.dtype)
+    copy_weights(model, hf, chosen, head, to_hf=True)
+    return hf.eval()
+
+
+def target_family(
+    model: nn.Module, family: str | None, registry: Registry | None, *, action: str
+) -> tuple[HFFamily, HFHead, Any]:
+    """The family, head entry and HF config that ``model`` converts to: ``family``, else the
+    one it came from (``model.hf_origin``), then the first that can express its spec.
+
+    Raises:
+        HFConversionError: no ``.spec``, an unknown ``family``, or no family fits (each
+            one's reasons listed); ``action`` names the caller in the message.
+    """
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         problem = Problem("spec", "the model has no .spec")
-        raise HFConversionError("to_hf needs a txblocks model", [problem])
+        raise HFConversionError(f"{action} needs a txblocks model", [problem])
     known = families(registry)
     origin = getattr(model, "hf_origin", None)
     if family is not None and family not in known:
@@ -308,11 +326,7 @@ def to_hf(model: nn.Module, *, family: str | None = None, registry: Registry | N
     for candidate in order:
         head, config, problems = _why_not(candidate, spec, origin, registry)
         if head is not None and not problems:
-            hf = _new_hf(head, config, spec)
-            parameter = next(model.parameters())
-            hf.to(device=parameter.device, dtype=parameter.dtype)
-            copy_weights(model, hf, candidate, head, to_hf=True)
-            return hf.eval()
+            return candidate, head, config
         if len(problems) > 6:
             problems = [*problems[:6], Problem("", f"... and {len(problems) - 6} more")]
         reasons += [

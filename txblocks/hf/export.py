@@ -24,13 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from txblocks.errors import Problem
-from txblocks.hf.convert import HFOrigin, _new_hf, _why_not, families
-from txblocks.hf.family import HFConversionError, HFFamily, HFHead
+from txblocks.hf.convert import _new_hf, target_family
 from txblocks.hf.shards import INDEX, WEIGHTS, ShardWriter, parse_size
 from txblocks.hf.weights import LiveTensors, transfer
 from txblocks.registry import Registry
-from txblocks.spec.models import ModelSpec
 
 __all__ = ["DEFAULT_SHARD_SIZE", "save_pretrained"]
 
@@ -39,37 +36,6 @@ DEFAULT_SHARD_SIZE = "5GB"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 PathLike = str | os.PathLike[str]
-
-
-def _target(
-    model: nn.Module, family: str | None, registry: Registry | None
-) -> tuple[HFFamily, HFHead, Any]:
-    """The family, head entry and HF config ``to_hf`` would convert ``model`` to."""
-    spec = getattr(model, "spec", None)
-    if not isinstance(spec, ModelSpec):
-        problem = Problem("spec", "the model has no .spec")
-        raise HFConversionError("save_pretrained needs a txblocks model", [problem])
-    known = families(registry)
-    origin = getattr(model, "hf_origin", None)
-    if family is not None and family not in known:
-        problem = Problem("family", f"{family!r}; known: {', '.join(known)}")
-        raise HFConversionError("unknown family", [problem])
-    if family is not None:
-        order = [known[family]]
-    else:
-        first = origin.family if isinstance(origin, HFOrigin) else None
-        order = sorted(known.values(), key=lambda f: f.name != first)
-    reasons: list[Problem] = []
-    for candidate in order:
-        head, config, problems = _why_not(candidate, spec, origin, registry)
-        if head is not None and not problems:
-            return candidate, head, config
-        if len(problems) > 6:
-            problems = [*problems[:6], Problem("", f"... and {len(problems) - 6} more")]
-        reasons += [
-            Problem(f"{candidate.name}: {p.path}".rstrip(": "), p.message) for p in problems
-        ]
-    raise HFConversionError(f"no transformers family can express the spec {spec.name!r}", reasons)
 
 
 class _Sink(LiveTensors):
@@ -177,7 +143,7 @@ def save_pretrained(
         ValueError: ``max_shard_size`` is not a size.
     """
     limit = parse_size(max_shard_size)
-    chosen, head, config = _target(model, family, registry)
+    chosen, head, config = target_family(model, family, registry, action="save_pretrained")
     spec = model.spec
     skeleton = _new_hf(head, config, spec, meta=True)
     folder = Path(path)
