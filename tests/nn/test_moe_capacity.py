@@ -52,7 +52,7 @@ def test_fixed_capacity_per_sequence(registry, gen, top_k):
         assert stats.capacity == 2 and stats.dropped > 0
         assert (stats.kept <= 3 * 2).all()  # at most `capacity` per expert in each of 3 rows
         # rows are independent: one row alone gives the same numbers
-        torch.testing.assert_close(moe(x[1:2])[0], out[1:2], atol=1e-6, rtol=0)
+        torch.testing.assert_close(moe(x[1:2])[0], out[1:2], atol=1e-5, rtol=1e-5)  # BLAS blocking
     assert moe.batch_independent
 
 
