@@ -27,7 +27,7 @@ from typing import Any
 
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
-from txblocks.hf.t5 import _attention, lm_head
+from txblocks.hf.t5 import _attention, body, lm_head
 
 __all__ = ["SWITCH", "SWITCH_ENCODER"]
 
@@ -116,27 +116,7 @@ def _layers(c: ConfigView, stacks: dict[str, tuple[int, int]]) -> list[dict[str,
 
 def _body(c: ConfigView) -> dict[str, Any]:
     c.get("num_sparse_encoder_layers")  # HF derives encoder_sparse_step from it
-    return {
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.get("n_positions") or 512,
-        "d_model": c.d_model,
-        "n_layers": c.num_layers,
-        "n_heads": c.num_heads,
-        "head_dim": c.d_kv,
-        "position": {"type": "relative_bias", "num_buckets": c.relative_attention_num_buckets,
-                     "max_distance": c.relative_attention_max_distance},
-        "embedding": {"dropout": c.dropout_rate},
-        "block": {
-            "layout": "pre_norm",
-            "norm": {"type": "rmsnorm", "eps": c.layer_norm_epsilon},
-            "attention": {"bias": False, "fused_qkv": True, "scale": 1.0,
-                          "dropout": c.dropout_rate},
-            "ffn": _mlp(c),
-            "dropout": c.dropout_rate,
-        },
-        "final_norm": True,
-        "init_std": c.initializer_factor * c.d_model**-0.5,
-    }  # fmt: skip
+    return body(c, _mlp(c))
 
 
 def spec(c: ConfigView) -> dict[str, Any]:

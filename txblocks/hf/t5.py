@@ -83,8 +83,9 @@ def _ffn_spec(c: ConfigView) -> dict[str, Any]:
             "bias": False, "dropout": c.dropout_rate}  # fmt: skip
 
 
-def _body(c: ConfigView) -> dict[str, Any]:
-    """The fields shared by the encoder–decoder and the encoder alone."""
+def body(c: ConfigView, ffn: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields shared by the encoder–decoder and the encoder alone; ``ffn`` replaces
+    T5's feed-forward (Switch Transformers' MoE layers keep this body)."""
     return {
         "vocab_size": c.vocab_size,
         "max_seq_len": c.get("n_positions") or 512,
@@ -100,7 +101,7 @@ def _body(c: ConfigView) -> dict[str, Any]:
             "norm": {"type": "rmsnorm", "eps": c.layer_norm_epsilon},
             "attention": {"bias": False, "fused_qkv": True, "scale": 1.0,
                           "dropout": c.dropout_rate},
-            "ffn": _ffn_spec(c),
+            "ffn": _ffn_spec(c) if ffn is None else ffn,
             "dropout": c.dropout_rate,
         },
         "final_norm": True,
@@ -111,14 +112,14 @@ def _body(c: ConfigView) -> dict[str, Any]:
 
 def spec(c: ConfigView) -> dict[str, Any]:
     """The spec of a T5Config (without head)."""
-    return {"arch": "seq2seq", **_body(c), "decoder_layers": c.num_decoder_layers,
+    return {"arch": "seq2seq", **body(c), "decoder_layers": c.num_decoder_layers,
             "shared_embeddings": True}  # fmt: skip
 
 
 def encoder_spec(c: ConfigView) -> dict[str, Any]:
     """The spec of a T5Config for ``T5EncoderModel`` (without head)."""
     c.get("num_decoder_layers")  # no decoder
-    return {"arch": "encoder", **_body(c)}
+    return {"arch": "encoder", **body(c)}
 
 
 def _config(s: Any) -> dict[str, Any]:
