@@ -19,11 +19,10 @@ from typing import Any
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
-__all__ = ["CLIP_TEXT"]
+__all__ = ["CLIP_TEXT", "ENCODER_LAYERS"]
 
-WEIGHTS = (
-    Rule("embeddings.token_embedding.weight", "embeddings.tokens.weight"),
-    Rule("embeddings.position_embedding.weight", "position.embedding.weight"),
+#: The encoder layers of both CLIP towers (text and vision name them alike).
+ENCODER_LAYERS = (
     Rule(tuple(f"encoder.layers.{{i}}.self_attn.{x}_proj.{{p}}" for x in "qkv"),
          "blocks.{i}.attention.qkv.{p}", "concat"),
     Rule("encoder.layers.{i}.self_attn.out_proj.{p}", "blocks.{i}.attention.out.{p}"),
@@ -31,6 +30,12 @@ WEIGHTS = (
     Rule("encoder.layers.{i}.mlp.fc1.{p}", "blocks.{i}.ffn.up.{p}"),
     Rule("encoder.layers.{i}.mlp.fc2.{p}", "blocks.{i}.ffn.down.{p}"),
     Rule("encoder.layers.{i}.layer_norm2.{p}", "blocks.{i}.norm2.{p}"),
+)  # fmt: skip
+
+WEIGHTS = (
+    Rule("embeddings.token_embedding.weight", "embeddings.tokens.weight"),
+    Rule("embeddings.position_embedding.weight", "position.embedding.weight"),
+    *ENCODER_LAYERS,
     Rule("final_layer_norm.{p}", "final_norm.{p}"),
 )  # fmt: skip
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
+from txblocks.hf.clip_text import ENCODER_LAYERS
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
@@ -49,13 +50,7 @@ WEIGHTS = (
     Rule("embeddings.class_embedding", "patch_embed.cls_token", _Batched((1, 1))),
     Rule("embeddings.position_embedding.weight", "patch_embed.position", _Batched(())),
     Rule("pre_layrnorm.{p}", "patch_embed.norm.{p}"),
-    Rule(tuple(f"encoder.layers.{{i}}.self_attn.{x}_proj.{{p}}" for x in "qkv"),
-         "blocks.{i}.attention.qkv.{p}", "concat"),
-    Rule("encoder.layers.{i}.self_attn.out_proj.{p}", "blocks.{i}.attention.out.{p}"),
-    Rule("encoder.layers.{i}.layer_norm1.{p}", "blocks.{i}.norm1.{p}"),
-    Rule("encoder.layers.{i}.mlp.fc1.{p}", "blocks.{i}.ffn.up.{p}"),
-    Rule("encoder.layers.{i}.mlp.fc2.{p}", "blocks.{i}.ffn.down.{p}"),
-    Rule("encoder.layers.{i}.layer_norm2.{p}", "blocks.{i}.norm2.{p}"),
+    *ENCODER_LAYERS,
 )  # fmt: skip
 
 
