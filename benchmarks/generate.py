@@ -26,6 +26,16 @@ equal to the eager int8 model's. With
 bytes streamed by matrix-vector products as many times as there are new tokens, timed in turn
 with them), which a busy machine's drifting bandwidth does not skew.
 
+`--hf-static` (with `--compile`) adds Hugging Face's own compiled decoding as a second
+reference: `generate(cache_implementation="static")`, which compiles its forward
+(`torch.compile`, CUDA graphs on a GPU) where transformers allows it.
+
+`--device cuda --model llama-1b --dtypes bf16 --batches 1 --compile --hf-static` is the
+GPU target of issue 14: a Llama-shaped 1.1B model (d 2048, 16 layers, GQA 32/8, SwiGLU
+8192, vocabulary 32 000, random weights), batch 1; txblocks' compiled step is replayed as a
+CUDA graph there. The targets are ≥ 40 % of the bound and ≥ 5× Hugging Face's eager
+`generate`. The int8 table runs on CPU only.
+
 `--n-layer/--n-embd/--n-head` shrink the model for a quick check that the script runs;
 `--dtypes` and `--batches` pick the rows, `--threads` the torch threads.
 """
@@ -50,11 +60,32 @@ from txblocks.quantize import stored_bytes  # noqa: E402
 QUANT_MODES = ("int8_weight_only", "int8_dynamic")
 
 
-def hf_gpt2(**overrides: int) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
+def hf_model(name: str, n_layer: int | None, n_embd: int | None, n_head: int | None) -> nn.Module:
+    """GPT-2 small or a Llama-shaped 1.1B with random weights (fp32, CPU), optionally shrunk."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(**overrides)).eval()
+    if name == "gpt2":
+        sizes = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head}
+        return GPT2LMHeadModel(GPT2Config(**{k: v for k, v in sizes.items() if v})).eval()
+    width, heads = n_embd or 2048, n_head or 32
+    config = LlamaConfig(hidden_size=width, num_hidden_layers=n_layer or 16,
+                         num_attention_heads=heads, num_key_value_heads=max(1, heads // 4),
+                         intermediate_size=4 * width, vocab_size=32000,
+                         max_position_embeddings=4096, tie_word_embeddings=False)
+    return LlamaForCausalLM(config).eval()
+
+
+def hf_static_generate(hf: nn.Module, ids: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Hugging Face's compiled decoding: a static cache, and its forward compiled (transformers
+    compiles it by itself on CUDA; elsewhere it is asked to)."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=True)
+    config._compile_all_devices = True  # transformers compiles on CUDA only unless told
+    return hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=0, cache_implementation="static",
+                       compile_config=config)
 
 
 def streamed_bytes(model: nn.Module) -> int:
@@ -71,7 +102,7 @@ def streamed_bytes(model: nn.Module) -> int:
     return total
 
 
-def streaming(n_bytes: int, dtype: torch.dtype, steps: int, size: int = 4096):
+def streaming(n_bytes: int, dtype: torch.dtype, steps: int, size: int = 4096, device: str = "cpu"):
     """A run that reads about ``n_bytes`` of (size × size) weights by matrix-vector products
     ``steps`` times, as ``steps`` decoding steps at the bound would; and the bytes it reads.
 
@@ -79,8 +110,8 @@ def streaming(n_bytes: int, dtype: torch.dtype, steps: int, size: int = 4096):
     busy machine a bandwidth measured once, apart, is not the one the contenders had."""
     element = torch.tensor([], dtype=dtype).element_size()
     count = max(1, round(n_bytes / (size * size * element)))
-    weights = [torch.randn(size, size, dtype=dtype) for _ in range(count)]
-    x = torch.randn(1, size, dtype=dtype)
+    weights = [torch.randn(size, size, dtype=dtype, device=device) for _ in range(count)]
+    x = torch.randn(1, size, dtype=dtype, device=device)
 
     def run() -> None:
         for _ in range(steps):
@@ -115,18 +146,27 @@ def main() -> None:
                         help="add txblocks' compiled decoding (generate(compile=True))")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model", default="gpt2", choices=["gpt2", "llama-1b"])
+    parser.add_argument("--hf-static", action="store_true",
+                        help="with --compile: add Hugging Face's static-cache compiled generate")
     args = parser.parse_args()
+    device = args.device
+    if device == "cuda":
+        args.no_int8 = True  # the int8 table is a CPU table
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    sizes = {k: v for k in ("n_layer", "n_embd", "n_head") if (v := getattr(args, k)) is not None}
-    hf_fp32 = hf_gpt2(**sizes)
+    hf_fp32 = hf_model(args.model, args.n_layer, args.n_embd, args.n_head)
     # an fp32 copy kept apart: the loop below casts hf_fp32 to bf16 in place
     hf_reference = copy.deepcopy(hf_fp32) if args.compile and not args.no_int8 else None
     vocab = hf_fp32.config.vocab_size
     ours_fp32 = txblocks.from_hf(hf_fp32).eval()
+    if device != "cpu":  # the int8 models and references below are made on CPU first
+        hf_fp32, ours_fp32 = hf_fp32.to(device), ours_fp32.to(device)
     torch.manual_seed(1)
-    prompts = {batch: torch.randint(0, vocab, (batch, args.prompt)) for batch in args.batches}
+    prompts = {batch: torch.randint(0, vocab, (batch, args.prompt), device=device)
+               for batch in args.batches}
     n = args.new_tokens
     quantized, references = {}, {}
     if not args.no_int8:  # made now: the loop below casts the fp32 models to bf16 in place
@@ -135,18 +175,22 @@ def main() -> None:
             references = {b: ours_fp32.generate(ids, max_new_tokens=n)
                           for b, ids in prompts.items()}
     hf_fp32_rates: dict[int, float] = {}
-    fp32_bandwidth = matvec_bandwidth(torch.float32)
+    # on a GPU: 4 GiB of weights, far above its L2 cache
+    big = {"device": device, "total_bytes": 4 * 2**30} if device != "cpu" else {}
+    fp32_bandwidth = matvec_bandwidth(torch.float32, **big)
     header = (f"{'dtype':6} {'batch':>5} {'HF tok/s':>9} {'ours tok/s':>10} {'ours/HF':>8} "
               f"{'bound tok/s':>11} {'ours/bound':>10}")
     if args.compile:
         header += (f" {'compiled tok/s':>14} {'compiled/HF':>11} {'compiled/bound':>14} "
                    f"{'compile s':>9} {'bound* tok/s':>12} {'ours/bound*':>11} {'compiled/bound*':>15}")
+    if args.compile and args.hf_static:
+        header += f" {'HF static tok/s':>15} {'compiled/HF static':>18}"
     print(header)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     for dtype in (dtypes[name] for name in args.dtypes):
         hf = hf_fp32.to(dtype)
         ours = ours_fp32.to(dtype)
-        bandwidth = fp32_bandwidth if dtype is torch.float32 else matvec_bandwidth(dtype)
+        bandwidth = fp32_bandwidth if dtype is torch.float32 else matvec_bandwidth(dtype, **big)
         bound = bandwidth / streamed_bytes(ours)  # ours is in `dtype` now
         for batch, ids in prompts.items():
             mask = torch.ones_like(ids)
@@ -162,13 +206,23 @@ def main() -> None:
                 ours.generate(ids, mask, max_new_tokens=n, compile=True)
 
             fns = {"hf": run_hf, "ours": run_ours}
-            first, read = 0.0, 1
+            first, read, static_problem = 0.0, 1, None
             if args.compile:
-                fns["bound"], read = streaming(streamed_bytes(ours), dtype, n)
+                fns["bound"], read = streaming(streamed_bytes(ours), dtype, n, device=device)
                 start = time.perf_counter()
                 run_compiled()  # compiles the step for this (batch, cache length, dtype)
                 first = time.perf_counter() - start
                 fns["compiled"] = run_compiled
+            if args.compile and args.hf_static:
+                def run_hf_static() -> None:
+                    hf_static_generate(hf, ids, mask, n)
+
+                try:  # compiles Hugging Face's forward for these shapes
+                    with torch.no_grad():
+                        run_hf_static()
+                    fns["hf_static"] = run_hf_static
+                except Exception as exc:  # a reference that does not run here is reported, not fatal
+                    static_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
             with torch.no_grad():
                 t = compare(fns, repeats=args.repeats)
                 t_hf, t_ours = t["hf"], t["ours"]
@@ -185,6 +239,12 @@ def main() -> None:
                 row += (f" {rate:14.1f} {rate / hf_rate:11.2f} {rate / (bound * batch):14.2f} "
                         f"{first - t['compiled']:9.1f} {bound_star:12.1f} {our_rate / bound_star:11.2f} "
                         f"{rate / bound_star:15.2f}")
+            if args.compile and args.hf_static:
+                if "hf_static" in t:
+                    static_rate = batch * n / t["hf_static"]
+                    row += f" {static_rate:15.1f} {rate / static_rate:18.2f}"
+                else:
+                    row += f"  HF static did not run: {static_problem}"
             print(row, flush=True)
     if not quantized or not hf_fp32_rates:
         return

@@ -7,7 +7,9 @@ The prefill runs the prompt eagerly (logits of the last position only) into an o
 cache, which is copied into a :class:`~txblocks.nn.cache.StaticKVCache` of L slots; each
 later token runs :func:`~txblocks.generation.static_step.decode_step` compiled with
 ``torch.compile(fullgraph=True, dynamic=False)``: one compilation per (batch, cache length,
-dtype, device, sampling settings), reused by later calls of the same shapes. L is the
+dtype, device, sampling settings), reused by later calls of the same shapes. On CUDA the
+compiled step is captured once per generation and replayed as a CUDA graph
+(:class:`~txblocks.generation.cuda_graph.GraphedStep`). L is the
 prompt plus ``max_new_tokens`` rounded up to a multiple of :data:`CACHE_BUCKET` (at most
 the model's ``max_seq_len``), so prompts of nearby lengths share a compilation.
 
@@ -29,8 +31,9 @@ import torch
 from torch import Tensor
 
 from txblocks.generation.config import GenerationConfig
-from txblocks.generation.static_sampling import DecodeState, Sampling, pick
+from txblocks.generation.cuda_graph import GraphedStep, use_cuda_graph
 from txblocks.generation.sessions import _left_padded
+from txblocks.generation.static_sampling import DecodeState, Sampling, pick
 from txblocks.generation.static_step import decode_step, stack_and_head, static_step_problems
 from txblocks.nn.cache import StaticKVCache
 from txblocks.nn.model import Seq2SeqModel, TransformerModel
@@ -154,6 +157,7 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
 
     _check(model, config)
     _check_request(model, input_ids, config)
+    graphed = use_cuda_graph(config.cuda_graph, input_ids.device)
     was_training = model.training
     model.eval()
     try:
@@ -166,6 +170,8 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
         pick(logits, state, sampling)  # the first new token, eagerly
         yield state
         step = compiled_step(model, config.compile_backend)
+        if graphed:  # a graph per generation: it records this cache's and state's addresses
+            step = GraphedStep(step, required=bool(config.cuda_graph))
         for done in range(1, config.max_new_tokens):
             if state.eos_ids is not None and done % check_every == 0 and bool(state.done.all()):
                 return

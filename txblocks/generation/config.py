@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
 
@@ -16,7 +16,8 @@ class GenerationConfig(BaseModel):
     top-k, top-p (nucleus, Holtzman et al. 2020) and repetition penalty (CTRL, Keskar
     et al. 2019). ``num_beams > 1`` runs beam search with ``length_penalty``.
     ``compile=True`` runs the decoding steps of a decoder or seq2seq model as one compiled
-    static-shape step (docs/generation-compiled.md).
+    static-shape step (docs/generation-compiled.md), replayed as a CUDA graph on CUDA
+    (``cuda_graph``).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
@@ -38,6 +39,8 @@ class GenerationConfig(BaseModel):
     compile: bool = Field(False, description="Decode with a compiled static-shape step (decoders, seq2seq).")
     compile_backend: str = Field(
         "inductor", description="torch.compile backend of that step; eager / aot_eager only trace.")
+    cuda_graph: bool | None = Field(
+        None, description="With compile: replay the step as a CUDA graph (None: on CUDA).")
 
     @field_validator("eos_token_id", mode="before")
     @classmethod
@@ -45,6 +48,12 @@ class GenerationConfig(BaseModel):
         if value is None:
             return []
         return [value] if isinstance(value, int) else list(value)
+
+    @model_validator(mode="after")
+    def _graph_needs_compile(self) -> GenerationConfig:
+        if self.cuda_graph and not self.compile:
+            raise ValueError("cuda_graph=True replays the compiled decoding step: set compile=True too")
+        return self
 
     def make_generator(self, device: torch.device) -> torch.Generator | None:
         """The random source of sampling: the given generator, or one seeded with ``seed``."""
