@@ -6,6 +6,14 @@ SDPA call with the same mask was right on every backend. These tests pin each ba
 (math, memory-efficient, cuDNN, CPU flash) with txblocks' own mask object and layout, and
 with the same mask materialized per batch row and head, so that the backend and the form of
 the mask that go wrong are named by the test that fails. On CPU they run in CI.
+
+The cause found: the kernel zeroed the rows that see no key with a `masked_fill` in SDPA's
+(B, H, T, D) view, which was also done (as a no-op) for prefix-LM masks. The gradient then
+came back to SDPA contiguous in that view, not with the strides of SDPA's output (which is
+(B, T, H, D) in memory), and cuDNN's backward, the default on an H200 under torch 2.11, gave
+wrong gradients for such a grad_output. The plain call of the report had no `masked_fill`;
+sliding windows (whose rows are never empty) had none either. `test_sdpa_gets_a_gradient_with
+_its_output_strides` checks that cause on CPU for every mask and padding.
 """
 
 from __future__ import annotations
@@ -65,3 +73,29 @@ def test_sdpa_gradients_on_each_backend(label, materialize, device, gen):
                     msg=lambda m, name=name, backend=backend: (
                         f"{label}, padding={padding}, {backend.name}, "
                         f"{'materialized' if materialize else 'as built'}: {name}: {m}"))
+
+
+@pytest.mark.parametrize("label", sorted(EXAMPLES))
+def test_sdpa_gets_a_gradient_with_its_output_strides(label, gen, monkeypatch):
+    """The gradient reaching SDPA's output has that output's strides, as a layer uses it
+    (``out.flatten(2)``), whatever the mask and the padding (see the module docstring)."""
+    real = torch.nn.functional.scaled_dot_product_attention
+    seen = []
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.register_hook(lambda grad: seen.append((tuple(out.stride()), tuple(grad.stride()))))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    for padding in ("none", "right", "left"):
+        key_padding = random_padding(padding, 2, 6, gen)
+        prefix = torch.randint(0, 7, (2,), generator=gen) if EXAMPLES[label].prefix_per_row else None
+        mask = EXAMPLES[label].strategy(6, 6, key_padding=key_padding, prefix_lengths=prefix)
+        q, k, v = (torch.randn(2, 6, H, D, generator=gen, requires_grad=True) for _ in range(3))
+        out = SDPAKernel()(q, k, v, mask, scale=SCALE).flatten(2)  # b t h d -> b t (h d)
+        (out * torch.randn(out.shape, generator=gen)).sum().backward()
+        out_strides, grad_strides = seen.pop()
+        assert grad_strides == out_strides, (
+            f"{label}, padding={padding}: SDPA's output has strides {out_strides}, the gradient "
+            f"it gets {grad_strides}")

@@ -292,6 +292,10 @@ class PrefixLMMask(AttentionMask):
                 f"got {self.prefix_lengths!r}"
             )
 
+    def _every_row_kept(self) -> bool:
+        # as CausalMask: the query at p keeps key p itself; the prefix only adds keys
+        return 0 <= self.q_offset <= self.k_len - self.q_len
+
     def structure(self, device: Device) -> Tensor:
         q, k = self.positions(device)
         lengths = torch.as_tensor(self.prefix_lengths, device=device).reshape(-1, 1, 1)

@@ -64,8 +64,12 @@ class SDPAKernel(AttentionKernel):
             is_causal=is_causal,
             scale=scale,
             enable_gqa=q.shape[2] != k.shape[2],
-        )  # (B, H, Tq, D)
+        ).transpose(1, 2)  # b h t d -> b t h d
         empty = mask.empty_rows(q.device)  # (B|1, 1, Tq, 1)
         if empty is not None:
-            out = out.masked_fill(empty, 0.0)
-        return out.transpose(1, 2)  # b h t d -> b t h d
+            # zeroed in the (B, Tq, H, D) view: the gradient then reaches SDPA with the strides
+            # of its output. Filled in the (B, H, Tq, D) view, the gradient came back
+            # contiguous there, and cuDNN's backward on an H200 (torch 2.11) gave wrong
+            # gradients for it (issue 12: prefix_lm, fp16, grad q off by up to 3.8)
+            out = out.masked_fill(empty.transpose(1, 2), 0.0)
+        return out
