@@ -50,7 +50,7 @@ class LearnedPositions(PositionalScheme):
         """
         # The range check reads values back to the host, which torch.compile cannot trace.
         if position_ids.numel() and not torch.compiler.is_compiling():
-            low, high = (int(v) for v in torch.aminmax(position_ids))
+            low, high = torch.stack(torch.aminmax(position_ids)).tolist()  # one host sync
             if low < 0 or high >= self.max_seq_len:
                 bad = high if high >= self.max_seq_len else low
                 raise ValueError(
