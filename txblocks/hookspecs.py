@@ -100,6 +100,11 @@ def txblocks_after_build(model: nn.Module, spec: ModelSpec) -> None:
     initialisation and before the dtype cast. Adapters use it: a LoRA plugin reads
     ``spec.adapters`` and wraps the matching linear layers.
 
+    It also runs on the model that :func:`txblocks.build` first assembles on the meta
+    device to measure it (``build_on_meta``, ``txblocks summary``): its tensors have
+    shapes and no data, so an implementation must not read parameter values (new modules
+    it adds are created on the parameters' device, meta included).
+
     Args:
         model: the new model (modify it in place).
         spec: the validated spec it was built from.
