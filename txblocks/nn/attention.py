@@ -14,6 +14,10 @@ from txblocks.attention.mask import AttentionMask
 from txblocks.nn.cache import CrossCache, LayerCache
 
 Rotate = Callable[[Tensor], Tensor]
+#: ``(q (B, Tq, H, D), k (B, Tk, Hkv, D), attention) -> (B|1, H|1, Tq, Tk) | None``: one
+#: layer's score term from a positional scheme (``PositionalScheme.score_bias``, bound by the
+#: stack to the layer's index and query offset).
+ScoreTerm = Callable[[Tensor, Tensor, "Attention"], "Tensor | None"]
 
 
 class Attention(nn.Module):
@@ -100,11 +104,14 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, mask: AttentionMask, rotate: Rotate | None = None,
                 context: Tensor | None = None,
-                cache: LayerCache | CrossCache | None = None) -> Tensor:
+                cache: LayerCache | CrossCache | None = None, *,
+                score: ScoreTerm | None = None) -> Tensor:
         """Self-attention over ``x`` (B, T, C), or cross-attention to ``context`` (B, S, C).
 
         ``cache`` holds the keys and values of earlier steps (a :class:`LayerCache`) or,
         for cross-attention, the encoder's keys and values (a :class:`CrossCache`).
+        ``score`` (self-attention only) computes an additive term from the final q and k
+        (cached keys included), added to the mask's bias before the kernel runs.
         """
         if context is not None:
             if hasattr(self, "qkv"):
@@ -121,6 +128,8 @@ class Attention(nn.Module):
                 q, k = rotate(q), rotate(k)
             if isinstance(cache, LayerCache):
                 k, v = cache.append(k, v)
+            if score is not None:
+                mask = mask.with_bias(score(q, k, self))
         o = self.kernel(
             q, k, v, mask,
             scale=self.scale,

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from txblocks.attention.mask import AttentionMask
-from txblocks.nn.attention import Attention, Rotate
+from txblocks.nn.attention import Attention, Rotate, ScoreTerm
 from txblocks.nn.cache import CrossCache, LayerCache
 
 Layout = Literal["pre_norm", "post_norm", "parallel", "reordered_norm"]
@@ -94,12 +94,15 @@ class TransformerBlock(nn.Module):
         cache: LayerCache | None = None,
         cross_cache: CrossCache | None = None,
         token_mask: Tensor | None = None,
+        *,
+        score: ScoreTerm | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """(B, T, C) -> (B, T, C) and the ffn's auxiliary loss (or None).
 
         ``context`` (B, S, C) and ``context_mask`` feed the cross-attention; ``cache`` and
         ``cross_cache`` carry keys and values between decoding steps; ``token_mask`` (B, T)
-        marks real tokens for an ffn that accepts it.
+        marks real tokens for an ffn that accepts it; ``score`` is this layer's score term
+        from the positional scheme, for the self-attention.
         """
         drop = self.dropout
 
@@ -112,7 +115,8 @@ class TransformerBlock(nn.Module):
             return h if norm is None else norm(h)
 
         def attend(h: Tensor) -> Tensor:
-            return post(self.attention_scale, self.attention(h, mask, rotate, cache=cache))
+            return post(self.attention_scale,
+                        self.attention(h, mask, rotate, cache=cache, score=score))
 
         if self.layout == "parallel":
             h = self.norm1(x)

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 
 from txblocks.attention.mask import AttentionMask
 from txblocks.attention.strategies import FullStrategy, MaskStrategy
+from txblocks.nn.attention import Attention, ScoreTerm
 from txblocks.nn.block import TransformerBlock, sum_aux
 from txblocks.nn.cache import CrossCache, KVCache, LayerCache
 from txblocks.nn.embeddings import Embeddings
-from txblocks.nn.positional import PositionalScheme
+from txblocks.nn.positional import PositionalScheme, has_score_bias
 
 
 @dataclass
@@ -109,7 +110,9 @@ class TransformerStack(nn.Module):
     One block may appear several times in ``blocks``: those layers share its parameters
     (ALBERT), each with its own mask and cache entry. A positional scheme whose ``per_layer``
     attribute is true (UMT5's relative bias) is asked for each layer's attention bias with
-    ``attention_bias(..., layer=i)``.
+    ``attention_bias(..., layer=i)``. A scheme that overrides ``score_bias`` (DeBERTa's
+    disentangled attention) is asked for a score term by each layer's self-attention, bound
+    to the layer's index and query offset (:func:`~txblocks.nn.positional.has_score_bias`).
     """
 
     def __init__(self, embeddings: Embeddings | None, position: PositionalScheme,
@@ -203,6 +206,15 @@ class TransformerStack(nn.Module):
                 built[key] = mask.with_bias(bias) if bias is not None else mask
             out.append(built[key])
         return out
+
+    def _score_term(self, layer: int, q_offset: int) -> ScoreTerm:
+        """Layer ``layer``'s score term: the scheme's ``score_bias`` bound to the layer."""
+        position = self.position
+
+        def score(q: Tensor, k: Tensor, attention: Attention) -> Tensor | None:
+            return position.score_bias(q, k, attention, layer=layer, q_offset=q_offset)
+
+        return score
 
     def _check_inputs(self, input_ids: Tensor | None, token_type_ids: Tensor | None,
                       position_ids: Tensor | None, cache: KVCache | None, batch: int,
@@ -348,11 +360,13 @@ class TransformerStack(nn.Module):
             cross = self._cross(length, context.shape[1], key_padding=context_padding, q_offset=0)
         aux_losses = []
         cross_caches = iter(cache.cross) if cache is not None else None
+        scores = has_score_bias(self.position)
         for i, (block, mask) in enumerate(zip(self.blocks, masks, strict=True)):
             layer_cache = cache.layers[i] if cache is not None else None
             cross_cache = next(cross_caches) if cross_caches and block.cross_attention is not None else None
             x, aux = block(x, mask, rotate if rotary is not None else None, context, cross,
-                           cache=layer_cache, cross_cache=cross_cache, token_mask=token_mask)
+                           cache=layer_cache, cross_cache=cross_cache, token_mask=token_mask,
+                           score=self._score_term(i, mask.q_offset) if scores else None)
             aux_losses.append(aux)
         if cache is not None:
             cache.position += length

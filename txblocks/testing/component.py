@@ -36,7 +36,7 @@ def _position(config: ComponentConfig, dims: ModelDims, options: dict[str, Any])
     scheme = config.build(dims)
     defaults = {
         "head_dim": dims.head_dim, "n_heads": dims.n_heads, "n_kv_heads": dims.n_kv_heads,
-        "d_model": dims.d_model, "max_position": dims.max_seq_len,
+        "d_model": dims.d_model, "max_position": dims.max_seq_len, "n_layers": dims.n_layers,
     }  # fmt: skip
     if getattr(scheme, "relative", None) is False:  # a scheme that says its bias is not 1-D relative
         defaults["relative"] = False

@@ -1,4 +1,5 @@
-"""Conformance of a positional scheme: embed shapes, relative rotations, relative biases.
+"""Conformance of a positional scheme: embed shapes, relative rotations, relative biases,
+score terms from q and k.
 
 Shapes: B batch, T time, H heads, D head_dim, C d_model, Tq/Tk query/key lengths.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from txblocks.nn.positional import PositionalScheme
+from txblocks.nn.attention import Attention
+from txblocks.nn.positional import PositionalScheme, has_score_bias
 from txblocks.testing.report import Report, assert_close, fail, generator, new_seed
+from txblocks.testing.score_terms import check_score_bias
 
 __all__ = ["check_positional_scheme"]
 
@@ -26,6 +29,8 @@ def check_positional_scheme(
     n_kv_heads: int | None = None,
     d_model: int | None = None,
     max_position: int = 64,
+    n_layers: int = 1,
+    attention: Attention | None = None,
     seed: int | None = None,
 ) -> Report:
     """Check each hook a positional scheme implements.
@@ -38,6 +43,11 @@ def check_positional_scheme(
     * ``attention_bias``: ``(1, H, Tq, Tk)``, finite, and a call with a KV-cache offset
       equals the matching slice of a full call; when relative, the bias depends only on
       the offset ``k - q`` (constant along each diagonal), causal or not.
+    * ``score_bias`` (when overridden): ``(B|1, H|1, Tq, Tk)`` in q's dtype, finite, each
+      batch row from that row of q and k alone, a KV-cache call equal to the matching slice
+      of a full call, a function of q and k (it changes when they do, and gradients reach
+      them, finite), for each of ``n_layers`` layers; when relative, for q and k with the
+      same vector at every position it depends only on ``k - q``.
 
     Gradients of any parameters must be finite. Hooks returning None are reported as
     skipped.
@@ -47,11 +57,16 @@ def check_positional_scheme(
         head_dim: D.
         n_heads: H, the query heads (and the heads of the bias).
         relative: check the relative properties. None: on for schemes with a rotary
-            state or an attention bias (as RoPE, ALiBi and T5's buckets are).
+            state, an attention bias or a score term (as RoPE, ALiBi, T5's buckets and
+            DeBERTa's disentangled attention are).
         n_kv_heads: heads of k; default ``n_heads``.
         d_model: the expected width of ``embed``; None accepts any.
         max_position: positions stay below this (a learned table's size; dynamic NTK
             scaling changes past ``max_seq_len``).
+        n_layers: ``score_bias`` is called with ``layer=0 .. n_layers - 1``.
+        attention: the attention layer handed to ``score_bias`` (its projections and
+            ``scale``); default a fresh one of width ``d_model`` (or H·D) with the eager
+            kernel.
         seed: the seed of the random inputs; random when None.
 
     Returns:
@@ -76,7 +91,7 @@ def check_positional_scheme(
         rotary = scheme.rotary(positions)
         full = scheme.attention_bias(length, length, 0, False, torch.device("cpu"), torch.float32)
         if relative is None:
-            relative = rotary is not None or full is not None
+            relative = rotary is not None or full is not None or has_score_bias(scheme)
         _check_embed(scheme, positions, max_position, d_model, subject, seed, report, gen)
         if rotary is None:
             report.skip("rotate", "rotary() returned None: the scheme does not rotate q and k")
@@ -92,6 +107,14 @@ def check_positional_scheme(
         else:
             for causal in (False, True):
                 _check_bias(scheme, n_heads, max_position, causal, relative, subject, seed, report)
+        if not has_score_bias(scheme):
+            report.skip("score_bias", "score_bias is not overridden: no score term from q and k")
+        else:
+            check_score_bias(
+                scheme, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads, head_dim=head_dim,
+                d_model=d_model, n_layers=n_layers, attention=attention, relative=relative,
+                max_position=max_position, subject=subject, seed=seed, report=report, gen=gen,
+            )  # fmt: skip
     finally:
         scheme.train(was_training)
         scheme.zero_grad(set_to_none=True)
