@@ -99,3 +99,61 @@ def test_a_step_that_syncs_falls_back_or_fails_when_required():
         strict(x)
     with pytest.raises(RuntimeError, match="cuda_graph=True: the compiled decoding step could not"):
         strict(x)
+
+
+# --- capturable: nothing in the step leaves the model's device ----------------------------
+
+STEP_MODELS = {
+    "llama": {},
+    "gpt2": {"extends": "gpt2", "n_kv_heads": 4},
+    "mistral": {"extends": "mistral"},
+    "mixtral": {"extends": "mixtral", "block": {"ffn": {"experts": 4, "expert": {"hidden": 48}}}},
+    "alibi": {"position": "alibi"},
+    "relative_bias": {"position": {"type": "relative_bias", "num_buckets": 8, "max_distance": 32}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEP_MODELS))
+def test_the_step_touches_no_tensor_off_the_models_device(registry, name):
+    """Traced on the meta device (what inductor gets, after AOTAutograd), every tensor of the
+    step is on the model's device: a CPU tensor there would be a host-to-device copy in each
+    step, which a CUDA graph capture refuses. Sampling and the end-of-sequence check included."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    from txblocks.generation.compiled import _state
+    from txblocks.generation.config import GenerationConfig
+    from txblocks.generation.static_sampling import Sampling
+    from txblocks.generation.static_step import decode_step, stack_and_head
+    from txblocks.nn.cache import StaticKVCache
+
+    overrides = dict(STEP_MODELS[name])
+    spec = {"extends": overrides.pop("extends", "llama"), **TINY, **overrides}
+    torch.manual_seed(0)
+    model = txblocks.build(txblocks.load_spec(spec, registry=registry)).eval().to("meta")
+    meta = torch.device("meta")
+    stack, _ = stack_and_head(model)
+    cache = StaticKVCache.empty([(b.attention.n_kv_heads, b.attention.head_dim) for b in stack.blocks],
+                                2, 64, dtype=torch.float32, device=meta,
+                                windows=[getattr(s, "cache_window", None) for s in stack.masks])
+    config = GenerationConfig(eos_token_id=[3], do_sample=True, top_k=5, top_p=0.9,
+                              repetition_penalty=1.2, min_new_tokens=2)
+    ids = torch.zeros(2, 5, dtype=torch.long, device=meta)
+    state = _state(ids, torch.zeros_like(ids), cache, 64, config)
+    devices: dict[str, list[str]] = {}
+
+    def record(gm, inputs):
+        for node in gm.graph.nodes:
+            value = node.meta.get("val")
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, torch.Tensor):
+                    devices.setdefault(v.device.type, []).append(f"{node.op} {node.target}")
+        return gm.forward
+
+    torch._dynamo.reset()
+    step = torch.compile(decode_step, backend=aot_autograd(fw_compiler=record), fullgraph=True,
+                         dynamic=False)
+    with torch.no_grad():
+        step(model, cache, state, Sampling.of(config))
+    torch._dynamo.reset()
+    assert devices.get("meta"), "nothing was traced"
+    assert set(devices) == {"meta"}, {k: v[:5] for k, v in devices.items() if k != "meta"}

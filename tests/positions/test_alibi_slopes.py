@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from txblocks.nn.positions import ALiBi, alibi_slopes
+from txblocks.nn.positions.alibi import alibi_slope_tensor
 
 
 def test_slopes_for_eight_heads() -> None:
@@ -54,3 +55,12 @@ def test_bias_dtype_and_no_other_hooks() -> None:
     torch.testing.assert_close(bias[0, :, 0, 0].float(), -2.0 * torch.tensor(alibi_slopes(4)))
     assert scheme.embed(torch.arange(3)[None]) is None
     assert scheme.rotary(torch.arange(3)[None]) is None
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 3, 5, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 112, 128])
+def test_the_device_tensor_equals_the_list(n_heads):
+    """alibi_slope_tensor (made on the device, no host copy) holds the list's float32 values,
+    bit for bit."""
+    got = alibi_slope_tensor(n_heads, "cpu")
+    assert got.dtype == torch.float32 and got.shape == (n_heads,)
+    assert torch.equal(got, torch.tensor(alibi_slopes(n_heads), dtype=torch.float32))

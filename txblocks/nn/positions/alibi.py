@@ -9,7 +9,7 @@ from torch import Tensor
 
 from txblocks.nn.positional import PositionalScheme
 
-__all__ = ["ALiBi", "alibi_slopes"]
+__all__ = ["ALiBi", "alibi_slope_tensor", "alibi_slopes"]
 
 
 def alibi_slopes(n_heads: int) -> list[float]:
@@ -37,6 +37,26 @@ def alibi_slopes(n_heads: int) -> list[float]:
         return power_of_two(n_heads)
     closest = 2 ** math.floor(math.log2(n_heads))
     return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
+
+
+def alibi_slope_tensor(n_heads: int, device: torch.device | str) -> Tensor:
+    """:func:`alibi_slopes` as a float32 ``(H,)`` tensor made on ``device`` from ``arange``.
+
+    ``torch.tensor(alibi_slopes(n))`` would copy from the host at every call: in a compiled
+    decoding step replayed as a CUDA graph, that copy cannot be captured. The powers are
+    taken in float64, as the list's, so the float32 values are the same.
+    """
+
+    def powers(n: int, exponents: Tensor) -> Tensor:
+        return (2.0 ** (-8.0 / n)) ** exponents  # start ** k, as power_of_two
+
+    closest = 2 ** math.floor(math.log2(n_heads))
+    count = torch.arange(1, closest + 1, dtype=torch.float64, device=device)
+    slopes = powers(closest, count)
+    if closest < n_heads:  # every other slope of the 2p sequence: exponents 1, 3, 5, ...
+        odd = torch.arange(1, 2 * (n_heads - closest), 2, dtype=torch.float64, device=device)
+        slopes = torch.cat([slopes, powers(2 * closest, odd)])
+    return slopes.float()
 
 
 class ALiBi(PositionalScheme):
@@ -75,7 +95,7 @@ class ALiBi(PositionalScheme):
         distance = (query_pos - key_pos).float()  # (Tq, Tk): i - j
         if not causal:
             distance = distance.abs()
-        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)  # (H,)
+        slopes = alibi_slope_tensor(self.n_heads, device)  # (H,), equal to self.slopes
         bias = -slopes[:, None, None] * distance  # (H, Tq, Tk)
         return bias.unsqueeze(0).to(dtype)
 
