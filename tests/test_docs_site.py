@@ -89,14 +89,16 @@ def test_catalogue_lists_every_component_and_its_parameters(gen, live) -> None:
     for entry in registry.entries():
         section = found[anchor(f"{entry.kind}-{entry.name}")]
         assert str(entry.owner) in section
-        properties = set(schema["$defs"][by_key[entry.kind, entry.name]]["properties"]) - {"type"}
+        # a kind no spec field holds (hf_family) has no definition in the schema: no parameters
+        definition = schema["$defs"].get(by_key[entry.kind, entry.name], {})
+        properties = set(definition.get("properties", {})) - {"type"}
         assert fields_listed(section) == properties, f"{entry.kind} {entry.name}: fields differ"
     for kind in registry.kinds():
         assert anchor(kind) in found
     # Every definition of the schema is described on one of the two pages.
     spec_names = set(gen["spec_reference"].spec_defs(schema, components))
     described = spec_names | {n for n in schema["$defs"] if anchor(n) in found} | set(components)
-    assert described == set(schema["$defs"])
+    assert set(schema["$defs"]) <= described
 
 
 def test_catalogue_includes_a_plugin_registered_in_this_registry(gen) -> None:
