@@ -195,3 +195,20 @@ def test_a_spec_with_a_projection_at_the_end_is_refused_by_to_hf() -> None:
     data["embedding"]["project_at"] = "end"
     with pytest.raises(HFConversionError, match=r"deberta_v2: embedding\.project_at"):
         to_hf(txblocks.build(data), family="deberta_v2")
+
+
+def test_hugging_face_folders_both_ways(tmp_path) -> None:
+    """A plugin family reads and writes folders like a built-in: ``from_pretrained`` of a
+    ``save_pretrained`` folder, and back to a folder that ``transformers`` loads."""
+    from txblocks.hf import from_pretrained, save_pretrained
+
+    hf = CASES["mlm"]()
+    hf.save_pretrained(tmp_path / "in", max_shard_size="20KB")
+    model = from_pretrained(tmp_path / "in")
+    assert model.hf_origin.family == "deberta_v2"
+    inputs = batch()
+    assert largest_difference(hf, model, inputs) <= 1e-4
+    save_pretrained(model, tmp_path / "out", max_shard_size="20KB")
+    back = transformers.DebertaV2ForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(**inputs).logits, hf(**inputs).logits, rtol=0, atol=0)
