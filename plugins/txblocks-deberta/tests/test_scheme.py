@@ -47,7 +47,11 @@ def _reference(scheme: DisentangledPositions, q, k, attention: Attention, layer:
     """score(i, j) = (q_i·Pk[δ] + k_j·Pq[δ]) · scale, δ = clamp(bucket(i - j), -S, S - 1) + S,
     one pair at a time, in float64 (no gather, no einsum)."""
     table = scheme.relative_embeddings().double()
-    if scheme.share_att_key:
+    if scheme.share_att_key and not hasattr(attention, "qkv"):
+        q_proj, k_proj = attention.q, attention.k
+        pos_q = table @ q_proj.weight.double().t() + q_proj.bias.double()
+        pos_k = table @ k_proj.weight.double().t() + k_proj.bias.double()
+    elif scheme.share_att_key:
         weight = attention.qkv.weight.double()
         bias = attention.qkv.bias.double()
         hd = scheme.head_dim
@@ -81,17 +85,18 @@ CASES = {
     "p2c-only-norm": {"terms": ("p2c",), "norm_eps": 1e-5},
     "no-buckets": {"position_buckets": 0, "max_relative_positions": 5},
     "separate-projections": {"share_att_key": False, "n_kv_heads": 2},
+    "unfused-attention": {"n_kv_heads": 2, "fused_qkv": False},
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_score_term_is_the_formula(case, gen):
     options = {"position_buckets": 6, "max_relative_positions": 9, "n_kv_heads": 4, **CASES[case]}
-    kv = options.pop("n_kv_heads")
+    kv, fused = options.pop("n_kv_heads"), options.pop("fused_qkv", True)
     scheme = DisentangledPositions(24, 4, kv, 6, n_layers=2, **options).eval()
     with torch.no_grad():
         scheme.rel_embeddings.weight.normal_(generator=gen)
-    attention = Attention(24, 4, kv, 6, EagerKernel(), scale=(6 * 3) ** -0.5)
+    attention = Attention(24, 4, kv, 6, EagerKernel(), scale=(6 * 3) ** -0.5, fused_qkv=fused)
     q = torch.randn(2, 5, 4, 6, generator=gen)
     k = torch.randn(2, 14, kv, 6, generator=gen)
     with torch.no_grad():

@@ -10,11 +10,12 @@ buckets); the relative-embedding table has 2·S rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from txblocks.nn.attention import Attention
 from txblocks.nn.positional import PositionalScheme
@@ -120,14 +121,15 @@ class DisentangledPositions(PositionalScheme):
                 f"attention takes {width}: the scheme was built for a narrower embedding sum "
                 "(embedding.width with project_at: end); use project_at: tokens"
             )
+        use_q, use_k = "p2c" in self.terms, "c2p" in self.terms
         if self.share_att_key:
-            pos_q, pos_k, _ = attention.project(table[None])  # v is dropped: 2·S rows, cheap
-            pos_q, pos_k = pos_q[0], pos_k[0]
+            project_q, project_k = _query_key_projections(attention)
         else:
-            heads = lambda t: t.unflatten(-1, (-1, self.head_dim))
-            pos_q = heads(self.pos_query_proj[layer](table)) if "p2c" in self.terms else None
-            pos_k = heads(self.pos_key_proj[layer](table)) if "c2p" in self.terms else None
-        return (pos_q if "p2c" in self.terms else None), (pos_k if "c2p" in self.terms else None)
+            project_q = self.pos_query_proj[layer] if use_q else None
+            project_k = self.pos_key_proj[layer] if use_k else None
+        pos_q = project_q(table).unflatten(-1, (-1, self.head_dim)) if use_q else None
+        pos_k = project_k(table).unflatten(-1, (-1, self.head_dim)) if use_k else None
+        return pos_q, pos_k
 
     def index(self, q_len: int, k_len: int, q_offset: int, device: torch.device) -> Tensor:
         """Table rows ``(Tq, Tk)`` of each query-key pair (:func:`relative_index`)."""
@@ -160,6 +162,23 @@ class DisentangledPositions(PositionalScheme):
         return (f"span={self.span}, position_buckets={self.position_buckets}, "
                 f"max_relative_positions={self.max_relative_positions}, "
                 f"terms={'|'.join(self.terms)}, share_att_key={self.share_att_key}")
+
+
+def _query_key_projections(attention: Attention) -> tuple[Callable[[Tensor], Tensor], ...]:
+    """The layer's query and key projections alone (C -> H·D, C -> Hkv·D): the rows of a fused
+    ``qkv`` (the values are never computed), or the separate ``q`` and ``k``."""
+    fused = getattr(attention, "qkv", None)
+    if fused is None:
+        return attention.q, attention.k
+    q_size, kv_size, _ = attention.sizes
+    parts = ((0, q_size), (q_size, q_size + kv_size))
+    bias = fused.bias
+
+    def rows(start: int, end: int) -> Callable[[Tensor], Tensor]:
+        return lambda x: F.linear(x, fused.weight[start:end],
+                                  None if bias is None else bias[start:end])
+
+    return tuple(rows(start, end) for start, end in parts)
 
 
 def _input_width(attention: Attention) -> int | None:
