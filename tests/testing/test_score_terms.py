@@ -109,3 +109,71 @@ class _WrongDtype(_ContentPosition):
 def test_a_broken_score_term_fails(scheme, match):
     with pytest.raises(AssertionError, match=match):
         check_positional_scheme(scheme, head_dim=HEAD_DIM, n_heads=HEADS, n_kv_heads=KV_HEADS)
+
+
+# --- the term through a built model: every layer, every kernel, a KV cache -------------------
+
+
+class _Recorder(_ContentPosition):
+    """Records the (layer, q_offset) of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, int]] = []
+
+    def score_bias(self, q, k, attention, *, layer, q_offset):
+        self.calls.append((layer, q_offset))
+        return super().score_bias(q, k, attention, layer=layer, q_offset=q_offset)
+
+
+def _registry():
+    from txblocks import ComponentConfig, load_registry
+
+    class ContentTestConfig(ComponentConfig):
+        """A test score term."""
+
+    registry = load_registry(autoload=False)
+    registry.add("position", "content_test", lambda dims, config: _Recorder(), ContentTestConfig)
+    return registry
+
+
+def _model(kernel: str, arch: str = "decoder"):
+    import txblocks
+
+    torch.manual_seed(0)
+    spec = {"arch": arch, "vocab_size": 40, "max_seq_len": 32, "d_model": 32, "n_layers": 3,
+            "n_heads": HEADS, "n_kv_heads": KV_HEADS, "position": "content_test",
+            "block": {"attention": {"kernel": kernel}}}  # fmt: skip
+    return txblocks.build(spec, registry=_registry()).eval()
+
+
+def test_the_stack_hands_each_layer_its_term_and_every_kernel_runs_it():
+    ids = torch.randint(0, 40, (2, 11), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    outputs = []
+    for kernel in ("eager", "sdpa"):
+        model = _model(kernel)
+        out = model(ids, attention_mask=mask).logits
+        assert model.position.calls == [(0, 0), (1, 0), (2, 0)]
+        out[mask.bool()].sum().backward()
+        assert model.position.table.grad.abs().sum() > 0
+        outputs.append(out.detach())
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    plain = _model("eager")
+    plain.position.score_bias = lambda *args, **kwargs: None
+    with torch.no_grad():
+        assert (plain(ids, attention_mask=mask).logits - outputs[0]).abs().max() > 1e-3
+
+
+def test_a_kv_cache_gives_each_step_its_query_offset():
+    model = _model("eager")
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache(2, 9)
+        steps = [model(ids[:, :5], cache=cache).logits]
+        model.position.calls.clear()
+        steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(5, 9)]
+    assert model.position.calls[:3] == [(0, 5), (1, 5), (2, 5)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
