@@ -174,6 +174,7 @@ def config_problems(**kw: Any) -> dict[str, str]:
 
 @pytest.mark.parametrize(("kw", "path", "match"), [
     ({"conv_kernel_size": 3}, "conv_kernel_size", "convolution after the first layer"),
+    ({"attention_head_size": 6}, "attention_head_size", "only hidden_size / num_attention_heads"),
     ({"position_biased_input": True}, "position_biased_input", "together with relative_attention"),
     ({"pos_att_type": []}, "pos_att_type", "needs c2p and/or p2c"),
     ({"pos_att_type": ["p2c", "p2p"]}, "pos_att_type", "p2p: only c2p and p2c"),

@@ -26,8 +26,9 @@ Refused, naming the option: ``conv_kernel_size`` > 0 (the convolution after the 
 ``relative_attention`` with ``position_biased_input`` (both kinds of positions), an empty or
 unknown ``pos_att_type`` with ``relative_attention``, segment or absolute-position tables
 narrower than ``hidden_size`` (``type_vocab_size`` > 0 or ``position_biased_input`` with
-``embedding_size`` ≠ ``hidden_size``: HF adds them before the projection), and log buckets
-HF itself cannot compute.
+``embedding_size`` ≠ ``hidden_size``: HF adds them before the projection), an
+``attention_head_size`` other than ``hidden_size / num_attention_heads`` (HF's output layer
+then fails), and log buckets HF itself cannot compute.
 """
 
 from __future__ import annotations
@@ -121,7 +122,10 @@ def spec(c: ConfigView) -> dict[str, Any]:
         c.unsupported("conv_kernel_size", "the convolution after the first layer "
                       "(DeBERTa-v2-xlarge's ConvLayer) is not mapped")
     hidden, heads = c.hidden_size, c.num_attention_heads
-    head_dim = c.get("attention_head_size") or hidden // heads
+    head_dim = hidden // heads
+    if c.get("attention_head_size") not in (None, head_dim):
+        c.unsupported("attention_head_size", f"HF's attention output layer takes hidden_size "
+                      f"({hidden}) inputs: only hidden_size / num_attention_heads ({head_dim}) runs")
     width = c.get("embedding_size") or hidden
     terms = _terms(c)
     eps = c.layer_norm_eps
@@ -142,7 +146,6 @@ def spec(c: ConfigView) -> dict[str, Any]:
         "d_model": hidden,
         "n_layers": c.num_hidden_layers,
         "n_heads": heads,
-        "head_dim": head_dim if head_dim * heads != hidden else None,
         "position": _position(c, terms, hidden, width),
         "embedding": embedding,
         "block": block,
@@ -169,8 +172,6 @@ def config(s: Any) -> dict[str, Any]:
         "legacy": True,
         **encoder_block_config(s),
     }
-    if s.head_dim is not None:
-        out["attention_head_size"] = s.head_dim
     if relative:
         out.update(position_buckets=position.position_buckets,
                    max_relative_positions=position.max_relative_positions,
