@@ -63,20 +63,15 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
-def matvec_bandwidth(dtype: torch.dtype, *, size: int = 4096, total_bytes: int = 512 * 2**20,
-                     repeats: int = 5, device: str | torch.device = "cpu") -> float:
-    """Bytes per second matrix-vector products stream from (size × size) weights.
-
-    The weights add up to ``total_bytes`` (far more than any cache) and are read in turn,
-    as a decoding step reads a model's layers: reading one small matrix again and again
-    would measure the cache instead of memory. On a GPU pass ``total_bytes`` well above
-    its L2 cache (an H200's is 50 MB).
-    """
+def read_bandwidth(dtype: torch.dtype, *, size: int = 4096, total_bytes: int = 512 * 2**20,
+                   repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """Bytes per second memory delivers to a plain streaming read (``w.sum()`` over
+    (size × size) blocks adding up to ``total_bytes``): the rate no kernel that reads the
+    weights once can beat, whatever its arithmetic."""
     element = torch.tensor([], dtype=dtype).element_size()
     count = max(1, total_bytes // (size * size * element))
-    weights = [torch.randn(size, size, dtype=dtype, device=device) for _ in range(count)]
-    x = torch.randn(1, size, dtype=dtype, device=device)
-    seconds = median_seconds(lambda: [x @ w.T for w in weights], repeats=repeats)  # syncs
+    blocks = [torch.randn(size, size, dtype=dtype, device=device) for _ in range(count)]
+    seconds = median_seconds(lambda: [w.sum() for w in blocks], repeats=repeats)  # syncs
     return count * size * size * element / seconds
 
 

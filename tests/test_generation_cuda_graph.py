@@ -39,7 +39,7 @@ def test_a_required_graph_off_cuda_is_an_error_before_any_work(registry):
 
 
 def test_a_graph_without_compile_is_refused_by_the_config():
-    with pytest.raises(ValidationError, match="set compile=True too"):
+    with pytest.raises(ValidationError, match="cuda_graph=True is an option of the compiled decoding step: set compile=True too"):
         txblocks.generation.GenerationConfig(cuda_graph=True)
 
 

@@ -50,9 +50,10 @@ class GenerationConfig(BaseModel):
         return [value] if isinstance(value, int) else list(value)
 
     @model_validator(mode="after")
-    def _graph_needs_compile(self) -> GenerationConfig:
+    def _options_need_compile(self) -> GenerationConfig:
         if self.cuda_graph and not self.compile:
-            raise ValueError("cuda_graph=True replays the compiled decoding step: set compile=True too")
+            raise ValueError("cuda_graph=True is an option of the compiled decoding step: "
+                             "set compile=True too")
         return self
 
     def make_generator(self, device: torch.device) -> torch.Generator | None:
