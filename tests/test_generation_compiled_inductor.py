@@ -104,3 +104,19 @@ def test_inductor_step_equals_eager(registry, batch):
     want = model.generate(ids, mask, max_new_tokens=12)
     got = model.generate(ids, mask, max_new_tokens=12, compile=True)
     assert torch.equal(got, want), f"\neager    {want}\ncompiled {got}"
+
+
+@pytest.mark.parametrize("width", [32, 24])
+def test_inductor_int8_step_equals_eager(registry, width):
+    """int8 weight-only: width 32 runs PyTorch's int8 kernel (rewritten as a streaming
+    reduction), width 24 torchao's Int8Tensor weight (a tensor subclass: left to its own
+    dispatch)."""
+    pytest.importorskip("torchao")
+    spec = {**TINY, "d_model": width, "block": {"ffn": {"hidden": 40}}}
+    torch.manual_seed(0)
+    model = txblocks.build(txblocks.load_spec(spec, registry=registry)).eval()
+    model = txblocks.quantize(model, "int8_weight_only")
+    ids = torch.randint(1, 64, (1, 7), generator=torch.Generator().manual_seed(2))
+    want = model.generate(ids, max_new_tokens=12)
+    got = model.generate(ids, max_new_tokens=12, compile=True)
+    assert torch.equal(got, want), f"\neager    {want}\ncompiled {got}"

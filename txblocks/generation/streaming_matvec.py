@@ -27,6 +27,7 @@ import torch._inductor.inductor_prims  # registers prims.inductor_force_stride_o
 import torch.nn.functional as F
 from torch import Tensor, fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._subclasses.fake_tensor import FakeTensor
 
 __all__ = ["MAX_ROWS", "StreamingMatVec", "streaming_attention", "streaming_int8_mm",
            "streaming_linear"]
@@ -90,8 +91,10 @@ def streaming_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | Non
 
 
 def _value(node: Any) -> Tensor | None:
+    """The plain tensor a traced node stands for; None for anything else, tensor subclasses
+    (a torchao ``Int8Tensor`` weight) included: their own dispatch does the product."""
     value = node.meta.get("example_value") if isinstance(node, fx.Node) else None
-    return value if isinstance(value, torch.Tensor) else None
+    return value if isinstance(value, FakeTensor) else None
 
 
 def _streamable(node: fx.Node) -> bool:
