@@ -120,3 +120,25 @@ def test_inductor_int8_step_equals_eager(registry, width):
     want = model.generate(ids, max_new_tokens=12)
     got = model.generate(ids, max_new_tokens=12, compile=True)
     assert torch.equal(got, want), f"\neager    {want}\ncompiled {got}"
+
+
+@pytest.mark.parametrize(("base", "arch", "overrides"), [
+    ("mixtral", "decoder", {"block": {"ffn": {"experts": 4, "expert": {"hidden": 48}}}}),
+    ("t5-small", "seq2seq", {"head_dim": 8, "block": {"ffn": {"hidden": 64}}}),
+], ids=["mixtral", "t5-small"])
+def test_inductor_step_equals_eager_for_moe_and_cross_attention(registry, base, arch, overrides):
+    """Batch 1: the experts' products and the cross-attention over the encoder (a padded
+    source's key mask, T5's per-head relative bias) stream too."""
+    torch.manual_seed(0)
+    spec = {**TINY, "extends": base, "arch": arch, "n_kv_heads": 4 if arch == "seq2seq" else 2,
+            **overrides}
+    model = txblocks.build(txblocks.load_spec(spec, registry=registry)).eval()
+    ids = torch.randint(2, 64, (1, 7), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    if arch == "seq2seq":
+        mask[0, 5:] = 0  # a padded source
+    settings = {"max_new_tokens": 10, "decoder_start_token_id": 1} if arch == "seq2seq" else \
+        {"max_new_tokens": 10}
+    want = model.generate(ids, mask, **settings)
+    got = model.generate(ids, mask, **settings, compile=True)
+    assert torch.equal(got, want), f"\neager    {want}\ncompiled {got}"
