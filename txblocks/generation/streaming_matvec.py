@@ -10,7 +10,10 @@ reads memory at close to that rate (measured: 28 GB/s in fp32, 26 GB/s in bf16, 
 
 :class:`StreamingMatVec` is an inductor graph pass (``pre_grad_custom_pass``) that rewrites
 ``F.linear`` calls on CPU with at most :data:`MAX_ROWS` rows that way, accumulating in
-float32 as the library kernels do. Only the compiled decoding step installs it.
+float32 as the library kernels do; likewise PyTorch's int8 weight-only product (the int8
+bytes read once, converted in registers) and SDPA for a one-position query (its formula as
+reductions, which inductor fuses with the rest of the layer). Only the compiled decoding
+step installs it; weights that are tensor subclasses (torchao) keep their own dispatch.
 
 Shapes: R rows (batch × tokens), K in features, N out features.
 """
