@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from txblocks.generation.config import GenerationConfig
-from txblocks.generation.cuda_graph import GraphedStep, use_cuda_graph
+from txblocks.generation.cuda_graph import WARMUP_STEPS, GraphedStep, use_cuda_graph
 from txblocks.generation.sessions import _left_padded
 from txblocks.generation.static_sampling import DecodeState, Sampling, pick
 from txblocks.generation.static_step import decode_step, stack_and_head, static_step_problems
@@ -50,6 +50,9 @@ CHECK_EVERY = 8
 RECOMPILE_LIMIT = 64
 
 _compiled: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., None]]] = weakref.WeakKeyDictionary()
+#: Per model, the (backend, batch, cache slots, dtype, sampling) its compiled step has run
+#: for on CUDA: a later generation of those captures its graph without warm-up steps.
+_warmed: weakref.WeakKeyDictionary[Any, set[tuple[Any, ...]]] = weakref.WeakKeyDictionary()
 
 
 def cache_length(needed: int, limit: int | None) -> int:
@@ -189,7 +192,12 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
         yield state
         step = compiled_step(model, config.compile_backend)
         if graphed:  # a graph per generation: it records this cache's and state's addresses
-            step = GraphedStep(step, required=bool(config.cuda_graph))
+            shapes = (config.compile_backend, *state.tokens.shape, state.tokens.device,
+                      next(model.parameters()).dtype, sampling)
+            warmed = _warmed.setdefault(model, set())
+            step = GraphedStep(step, required=bool(config.cuda_graph),
+                               warmup=0 if shapes in warmed else WARMUP_STEPS)
+            warmed.add(shapes)
         steady = step if graphed else _unguarded(step)
         for done in range(1, config.max_new_tokens):
             if state.eos_ids is not None and done % check_every == 0 and bool(state.done.all()):

@@ -22,8 +22,9 @@ import torch
 
 __all__ = ["WARMUP_STEPS", "GraphedStep", "use_cuda_graph"]
 
-#: Steps run normally (on a side stream) before the capture: the first compiles the step,
-#: the second runs it with cuBLAS workspaces and the allocator in their steady state.
+#: Steps run normally (on a side stream) before the capture, the first time a compiled step
+#: runs for its shapes: the first compiles it, the second runs it with cuBLAS workspaces and
+#: the allocator in their steady state. Later generations of the same shapes capture at once.
 WARMUP_STEPS = 2
 
 
@@ -44,7 +45,7 @@ def use_cuda_graph(requested: bool | None, device: torch.device) -> bool:
 class GraphedStep:
     """``step(model, cache, state, sampling)``, replayed from a CUDA graph after a warm-up.
 
-    The first :data:`WARMUP_STEPS` calls run ``step`` on a side stream; the next one
+    The first ``warmup`` calls run ``step`` on a side stream; the next one
     captures a call and replays it (a capture records the kernels without running them);
     every later call is one ``replay()``. Each call is one real decoding step.
 
@@ -55,10 +56,12 @@ class GraphedStep:
     Args:
         step: the compiled decoding step (it updates its arguments in place).
         required: raise rather than fall back when the capture fails.
+        warmup: steps run uncaptured first (0 when ``step`` already ran for these shapes).
     """
 
-    def __init__(self, step: Callable[..., None], *, required: bool = False) -> None:
-        self.step, self.required = step, required
+    def __init__(self, step: Callable[..., None], *, required: bool = False,
+                 warmup: int = WARMUP_STEPS) -> None:
+        self.step, self.required, self.warmup = step, required, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
         self.captured = False  # a graph replays the steps (for tests and benchmarks)
@@ -70,7 +73,7 @@ class GraphedStep:
             self.graph.replay()
         elif self._failed:
             self.step(*args)
-        elif self.calls <= WARMUP_STEPS:
+        elif self.calls <= self.warmup:
             self._on_side_stream(*args)
         else:
             self._capture(*args)
