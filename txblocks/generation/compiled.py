@@ -32,6 +32,7 @@ from torch import Tensor
 
 from txblocks.generation.config import GenerationConfig
 from txblocks.generation.cuda_graph import WARMUP_STEPS, GraphedStep, use_cuda_graph
+from txblocks.generation.kept import Kept, clear, keep, kept_for, refill
 from txblocks.generation.sessions import _left_padded
 from txblocks.generation.static_sampling import DecodeState, Sampling, pick
 from txblocks.generation.static_step import decode_step, stack_and_head, static_step_problems
@@ -48,6 +49,9 @@ CACHE_BUCKET = 64
 CHECK_EVERY = 8
 #: Compilations one model may keep (``torch.compile``'s ``recompile_limit``, per model).
 RECOMPILE_LIMIT = 64
+#: Keep a decoder's cache and state for its next generation without CUDA graphs too (off:
+#: only a graph needs the same tensors; tests turn it on to check the refill on CPU).
+KEEP_WITHOUT_GRAPHS = False
 
 _compiled: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., None]]] = weakref.WeakKeyDictionary()
 #: Per model, the (backend, batch, cache slots, dtype, sampling) its compiled step has run
@@ -129,9 +133,11 @@ def _state(input_ids: Tensor, positions: Tensor, cache: StaticKVCache, vocab: in
 
 
 def _prefill(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention_mask: Tensor | None,
-             config: GenerationConfig) -> tuple[Tensor, Tensor, Tensor, StaticKVCache]:
+             config: GenerationConfig, into: StaticKVCache | None = None,
+             ) -> tuple[Tensor, Tensor, Tensor, StaticKVCache]:
     """Run the prompt eagerly: (the decoder's prompt (B, T), its positions (B, T), the logits
-    of its last position (B, V), the static cache holding its keys and values).
+    of its last position (B, V), the static cache holding its keys and values: ``into``, a
+    kept decoder cache of the same shapes, cleared and refilled, else a new one).
 
     Seq2seq: the source is encoded once, the decoder's prompt is the start token, and the
     cross-attention keys and values that its forward computes stay in the cache."""
@@ -164,10 +170,26 @@ def _prefill(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attentio
     prefill = model.new_cache(batch, length)
     logits = model(input_ids, padding, position_ids=positions, cache=prefill, logits_to_keep=1).logits
     slots = cache_length(length + config.max_new_tokens, model.max_seq_len)
-    cache = StaticKVCache.empty(shapes, batch, slots, dtype=param.dtype, device=param.device,
-                                windows=windows)
+    if into is not None:
+        clear(into)
+        cache = into
+    else:
+        cache = StaticKVCache.empty(shapes, batch, slots, dtype=param.dtype, device=param.device,
+                                    windows=windows)
     cache.fill(prefill, padding)
     return input_ids, positions, logits[:, -1], cache
+
+
+def _kept_key(model: Any, input_ids: Tensor, config: GenerationConfig,
+              graphed: bool) -> tuple[Any, ...] | None:
+    """What a decoder generation's kept cache, state and graph are reused for (see
+    :mod:`~txblocks.generation.kept`); None where nothing is kept (seq2seq, no graph)."""
+    if isinstance(model, Seq2SeqModel) or not (graphed or KEEP_WITHOUT_GRAPHS):
+        return None
+    batch, length = input_ids.shape
+    slots = cache_length(length + config.max_new_tokens, model.max_seq_len)
+    return (config.compile_backend, batch, slots, input_ids.device,
+            next(model.parameters()).dtype, Sampling.of(config), bool(config.cuda_graph))
 
 
 def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention_mask: Tensor | None,
@@ -179,25 +201,32 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
     _check(model, config)
     _check_request(model, input_ids, config)
     graphed = use_cuda_graph(config.cuda_graph, input_ids.device)
+    key = _kept_key(model, input_ids, config, graphed)
+    kept = kept_for(model, key)
     was_training = model.training
     model.eval()
     try:
-        prompt, positions, logits, cache = _prefill(model, input_ids, attention_mask, config)
+        prompt, positions, logits, cache = _prefill(model, input_ids, attention_mask, config,
+                                                    into=kept.cache if kept else None)
         state = _state(prompt, positions, cache, logits.shape[-1], config)
+        if kept is not None:  # the tensors its graph reads and writes
+            refill(kept.state, state)
+            state = kept.state
         sampling = Sampling.of(config)
         generator = config.make_generator(input_ids.device)
         if state.noise is not None:
             state.noise.exponential_(generator=generator)
         pick(logits, state, sampling)  # the first new token, eagerly
         yield state
-        step = compiled_step(model, config.compile_backend)
-        if graphed:  # a graph per generation: it records this cache's and state's addresses
-            shapes = (config.compile_backend, *state.tokens.shape, state.tokens.device,
-                      next(model.parameters()).dtype, sampling)
-            warmed = _warmed.setdefault(model, set())
-            step = GraphedStep(step, required=bool(config.cuda_graph),
-                               warmup=0 if shapes in warmed else WARMUP_STEPS)
-            warmed.add(shapes)
+        if kept is not None:
+            step = kept.step
+        else:
+            step = compiled_step(model, config.compile_backend)
+            if graphed:  # the graph records this cache's and state's addresses
+                step = _graphed(model, step, state, sampling, config)
+            if key is not None:
+                kept = Kept(key, cache, state, step)
+                keep(model, kept)
         steady = step if graphed else _unguarded(step)
         for done in range(1, config.max_new_tokens):
             if state.eos_ids is not None and done % check_every == 0 and bool(state.done.all()):
@@ -208,6 +237,21 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
             yield state
     finally:
         model.train(was_training)
+        if kept is not None:
+            kept.busy = False
+
+
+def _graphed(model: Any, step: Callable[..., None], state: DecodeState, sampling: Sampling,
+             config: GenerationConfig) -> GraphedStep:
+    """``step`` replayed as a CUDA graph, warmed up only the first time the model decodes
+    with these shapes."""
+    shapes = (config.compile_backend, *state.tokens.shape, state.tokens.device,
+              next(model.parameters()).dtype, sampling)
+    warmed = _warmed.setdefault(model, set())
+    graphed = GraphedStep(step, required=bool(config.cuda_graph),
+                          warmup=0 if shapes in warmed else WARMUP_STEPS)
+    warmed.add(shapes)
+    return graphed
 
 
 @torch.no_grad()
