@@ -80,3 +80,15 @@ def test_a_kept_generation_in_use_is_not_shared(model):
         got_b.append(y)
     assert torch.equal(torch.stack(got_a, 1), want_a)
     assert torch.equal(torch.stack(got_b, 1), want_b)
+
+
+def test_weights_at_new_addresses_are_not_replayed_from_the_kept_generation(model):
+    """A graph reads the weights where it recorded them: after the model's tensors move
+    (here a round trip through another dtype), a kept generation is not reused."""
+    ids, mask = _prompts(7)
+    model.generate(ids, mask, max_new_tokens=10, **TRACE)
+    before = _kept[model]
+    model.to(torch.float64).to(torch.float32)  # same dtype and device, new memory
+    want = model.generate(ids, mask, max_new_tokens=10)
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=10, **TRACE), want)
+    assert _kept[model] is not before

@@ -23,6 +23,7 @@ Shapes: B batch, T prompt, L cache slots, V vocabulary.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -189,7 +190,21 @@ def _kept_key(model: Any, input_ids: Tensor, config: GenerationConfig,
     batch, length = input_ids.shape
     slots = cache_length(length + config.max_new_tokens, model.max_seq_len)
     return (config.compile_backend, batch, slots, input_ids.device,
-            next(model.parameters()).dtype, Sampling.of(config), bool(config.cuda_graph))
+            next(model.parameters()).dtype, Sampling.of(config), bool(config.cuda_graph),
+            _weight_addresses(model))
+
+
+def _weight_addresses(model: torch.nn.Module) -> int:
+    """A hash of where the weights and buffers are: a graph reads them at the addresses it
+    recorded, so ``model.cpu().cuda()`` (same device and dtype, new memory) must not reuse it."""
+
+    def address(t: Tensor) -> int:
+        try:
+            return t.data_ptr()
+        except RuntimeError:  # a tensor subclass without storage of its own (torchao)
+            return id(t)
+
+    return hash(tuple(address(t) for t in itertools.chain(model.parameters(), model.buffers())))
 
 
 def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention_mask: Tensor | None,
