@@ -34,6 +34,6 @@ echo "== benchmarks/speed.py --device cuda"
 timeout ${SPEED_S:-240} python3 benchmarks/speed.py --device cuda > "$OUT/speed_cuda.log" 2>&1
 echo "speed rc=$?"; grep -vE "Warning|warn" "$OUT/speed_cuda.log" | tail -25
 echo "== benchmarks/generate.py --device cuda (issue 14: compiled decoding, CUDA graphs)"
-timeout ${GENERATE_S:-300} python3 benchmarks/generate.py --device cuda --model llama-1b \
+timeout ${GENERATE_S:-360} python3 benchmarks/generate.py --device cuda --model llama-1b \
   --dtypes bf16 --batches 1 --compile --hf-static --repeats 3 > "$OUT/generate_cuda.log" 2>&1
 echo "generate rc=$?"; grep -vE "Warning|warn" "$OUT/generate_cuda.log" | tail -6
