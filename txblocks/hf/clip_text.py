@@ -19,7 +19,7 @@ from typing import Any
 from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
 from txblocks.hf.rules import Rule
 
-__all__ = ["CLIP_TEXT", "ENCODER_LAYERS"]
+__all__ = ["CLIP_TEXT", "ENCODER_LAYERS", "encoder_block", "encoder_config"]
 
 #: The encoder layers of both CLIP towers (text and vision name them alike).
 ENCODER_LAYERS = (
@@ -40,38 +40,24 @@ WEIGHTS = (
 )  # fmt: skip
 
 
-def spec(c: ConfigView) -> dict[str, Any]:
-    """The spec of a CLIPTextConfig (without head)."""
-    norm = {"type": "layernorm", "eps": c.layer_norm_eps}
+def encoder_block(c: ConfigView, mask: str) -> dict[str, Any]:
+    """The block of both CLIP towers (text: ``causal``, vision: ``none``)."""
     return {
-        "arch": "encoder",
-        "vocab_size": c.vocab_size,
-        "max_seq_len": c.max_position_embeddings,
-        "d_model": c.hidden_size,
-        "n_layers": c.num_hidden_layers,
-        "n_heads": c.num_attention_heads,
-        "position": {"type": "learned", "offset": 0},
-        "embedding": {"token_types": 0, "norm": None, "dropout": 0.0},
-        "block": {
-            "layout": "pre_norm",
-            "norm": norm,
-            "attention": {"mask": "causal", "bias": True, "fused_qkv": True,
-                          "dropout": c.attention_dropout},
-            "ffn": {"type": "mlp", "hidden": c.intermediate_size, "bias": True, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
-            "dropout": 0.0,
-        },
-        "final_norm": True,
-        "init_std": c.initializer_range,
+        "layout": "pre_norm",
+        "norm": {"type": "layernorm", "eps": c.layer_norm_eps},
+        "attention": {"mask": mask, "bias": True, "fused_qkv": True,
+                      "dropout": c.attention_dropout},
+        "ffn": {"type": "mlp", "hidden": c.intermediate_size, "bias": True, "dropout": 0.0,
+                "activation": activation(c, "hidden_act")},
+        "dropout": 0.0,
     }  # fmt: skip
 
 
-def config(s: Any) -> dict[str, Any]:
-    """CLIPTextConfig fields of a spec (checked by converting back)."""
+def encoder_config(s: Any) -> dict[str, Any]:
+    """The config fields both CLIP towers read from their encoder (checked by converting
+    back)."""
     block = s.block
     return {
-        "vocab_size": s.vocab_size,
-        "max_position_embeddings": s.max_seq_len,
         "hidden_size": s.d_model,
         "num_hidden_layers": s.n_layers,
         "num_attention_heads": s.n_heads,
@@ -81,6 +67,29 @@ def config(s: Any) -> dict[str, Any]:
         "attention_dropout": block.attention.dropout,
         "initializer_range": s.init_std,
     }
+
+
+def spec(c: ConfigView) -> dict[str, Any]:
+    """The spec of a CLIPTextConfig (without head)."""
+    return {
+        "arch": "encoder",
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.max_position_embeddings,
+        "d_model": c.hidden_size,
+        "n_layers": c.num_hidden_layers,
+        "n_heads": c.num_attention_heads,
+        "position": {"type": "learned", "offset": 0},
+        "embedding": {"token_types": 0, "norm": None, "dropout": 0.0},
+        "block": encoder_block(c, "causal"),
+        "final_norm": True,
+        "init_std": c.initializer_range,
+    }  # fmt: skip
+
+
+def config(s: Any) -> dict[str, Any]:
+    """CLIPTextConfig fields of a spec (checked by converting back)."""
+    return {"vocab_size": s.vocab_size, "max_position_embeddings": s.max_seq_len,
+            **encoder_config(s)}
 
 
 CLIP_TEXT = HFFamily(

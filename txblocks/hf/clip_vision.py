@@ -24,8 +24,8 @@ from typing import Any
 
 from torch import Tensor
 
-from txblocks.hf.clip_text import ENCODER_LAYERS
-from txblocks.hf.family import ConfigView, HFFamily, HFHead, activation, ffn_hidden, hf_activation
+from txblocks.hf.clip_text import ENCODER_LAYERS, encoder_block, encoder_config
+from txblocks.hf.family import ConfigView, HFFamily, HFHead
 from txblocks.hf.rules import Rule
 
 __all__ = ["CLIP_VISION"]
@@ -71,15 +71,7 @@ def spec(c: ConfigView) -> dict[str, Any]:
         "d_model": c.hidden_size,
         "n_layers": c.num_hidden_layers,
         "n_heads": c.num_attention_heads,
-        "block": {
-            "layout": "pre_norm",
-            "norm": norm,
-            "attention": {"mask": "none", "bias": True, "fused_qkv": True,
-                          "dropout": c.attention_dropout},
-            "ffn": {"type": "mlp", "hidden": c.intermediate_size, "bias": True, "dropout": 0.0,
-                    "activation": activation(c, "hidden_act")},
-            "dropout": 0.0,
-        },
+        "block": encoder_block(c, "none"),
         "final_norm": False,
         "init_std": c.initializer_range,
     }  # fmt: skip
@@ -87,20 +79,12 @@ def spec(c: ConfigView) -> dict[str, Any]:
 
 def config(s: Any) -> dict[str, Any]:
     """CLIPVisionConfig fields of a spec (checked by converting back)."""
-    block = s.block
     image, patch = s.image_hw, s.patch_hw
     return {
         "image_size": image[0] if image[0] == image[1] else list(image),
         "patch_size": patch[0] if patch[0] == patch[1] else list(patch),
         "num_channels": s.channels,
-        "hidden_size": s.d_model,
-        "num_hidden_layers": s.n_layers,
-        "num_attention_heads": s.n_heads,
-        "intermediate_size": ffn_hidden(block.ffn, s.d_model),
-        "hidden_act": hf_activation(getattr(block.ffn, "activation", None)),
-        "layer_norm_eps": getattr(block.norm, "eps", 1e-5),
-        "attention_dropout": block.attention.dropout,
-        "initializer_range": s.init_std,
+        **encoder_config(s),
     }
 
 
