@@ -63,16 +63,24 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
-def read_bandwidth(dtype: torch.dtype, *, size: int = 4096, total_bytes: int = 512 * 2**20,
-                   repeats: int = 5, device: str | torch.device = "cpu") -> float:
-    """Bytes per second memory delivers to a plain streaming read (``w.sum()`` over
-    (size × size) blocks adding up to ``total_bytes``): the rate no kernel that reads the
-    weights once can beat, whatever its arithmetic."""
+def read_blocks(n_bytes: float, dtype: torch.dtype, *, size: int = 4096,
+                device: str | torch.device = "cpu") -> tuple[list[torch.Tensor], int]:
+    """(size × size) random blocks adding up to about ``n_bytes`` (at least one), and their
+    bytes: what a read of that many weights streams."""
     element = torch.tensor([], dtype=dtype).element_size()
-    count = max(1, total_bytes // (size * size * element))
+    count = max(1, round(n_bytes / (size * size * element)))
     blocks = [torch.randn(size, size, dtype=dtype, device=device) for _ in range(count)]
+    return blocks, count * size * size * element
+
+
+def read_bandwidth(dtype: torch.dtype, *, total_bytes: int = 512 * 2**20, repeats: int = 5,
+                   device: str | torch.device = "cpu") -> float:
+    """Bytes per second memory delivers to a plain streaming read (``w.sum()`` over
+    :func:`read_blocks` of ``total_bytes``): the rate no kernel that reads the weights once
+    can beat, whatever its arithmetic."""
+    blocks, n_bytes = read_blocks(total_bytes, dtype, device=device)
     seconds = median_seconds(lambda: [w.sum() for w in blocks], repeats=repeats)  # syncs
-    return count * size * size * element / seconds
+    return n_bytes / seconds
 
 
 def matmul_rate(dtype: torch.dtype, *, size: int = 2048, device: str = "cpu") -> float:

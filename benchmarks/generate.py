@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, machine, read_bandwidth  # noqa: E402
+from common import compare, machine, read_bandwidth, read_blocks  # noqa: E402
 
 import txblocks  # noqa: E402
 from txblocks.quantize import stored_bytes  # noqa: E402
@@ -109,22 +109,20 @@ def streamed_bytes(model: nn.Module) -> int:
     return total
 
 
-def streaming(n_bytes: int, dtype: torch.dtype, steps: int, size: int = 4096, device: str = "cpu"):
-    """A run that reads about ``n_bytes`` of (size × size) weights (summing them) ``steps``
+def streaming(n_bytes: int, dtype: torch.dtype, steps: int, device: str = "cpu"):
+    """A run that reads about ``n_bytes`` of weights (summing :func:`read_blocks`) ``steps``
     times, as ``steps`` decoding steps at the bound would; and the bytes it reads.
 
     Timed with the contenders, repeat by repeat, the bound shares their slow spells: on a
     busy machine a bandwidth measured once, apart, is not the one the contenders had."""
-    element = torch.tensor([], dtype=dtype).element_size()
-    count = max(1, round(n_bytes / (size * size * element)))
-    weights = [torch.randn(size, size, dtype=dtype, device=device) for _ in range(count)]
+    blocks, read = read_blocks(n_bytes, dtype, device=device)
 
     def run() -> None:
         for _ in range(steps):
-            for w in weights:
+            for w in blocks:
                 w.sum()
 
-    return run, count * size * size * element
+    return run, read
 
 
 def agreement(model: nn.Module, ids: torch.Tensor, reference: torch.Tensor) -> float:

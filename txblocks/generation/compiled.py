@@ -181,17 +181,24 @@ def _prefill(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attentio
     return input_ids, positions, logits[:, -1], cache
 
 
-def _kept_key(model: Any, input_ids: Tensor, config: GenerationConfig,
+def _step_shapes(model: Any, input_ids: Tensor, config: GenerationConfig) -> tuple[Any, ...]:
+    """What one compilation of the step is for: (backend, batch, cache slots, device, dtype,
+    sampling settings)."""
+    stack, _ = stack_and_head(model)
+    batch, length = input_ids.shape
+    prompt = 1 if isinstance(model, Seq2SeqModel) else length  # seq2seq: the start token
+    slots = cache_length(prompt + config.max_new_tokens, stack.max_seq_len)
+    return (config.compile_backend, batch, slots, input_ids.device,
+            next(model.parameters()).dtype, Sampling.of(config))
+
+
+def _kept_key(model: Any, shapes: tuple[Any, ...], config: GenerationConfig,
               graphed: bool) -> tuple[Any, ...] | None:
     """What a decoder generation's kept cache, state and graph are reused for (see
     :mod:`~txblocks.generation.kept`); None where nothing is kept (seq2seq, no graph)."""
     if isinstance(model, Seq2SeqModel) or not (graphed or KEEP_WITHOUT_GRAPHS):
         return None
-    batch, length = input_ids.shape
-    slots = cache_length(length + config.max_new_tokens, model.max_seq_len)
-    return (config.compile_backend, batch, slots, input_ids.device,
-            next(model.parameters()).dtype, Sampling.of(config), bool(config.cuda_graph),
-            _weight_addresses(model))
+    return (*shapes, bool(config.cuda_graph), _weight_addresses(model))
 
 
 def _weight_addresses(model: torch.nn.Module) -> int:
@@ -216,7 +223,8 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
     _check(model, config)
     _check_request(model, input_ids, config)
     graphed = use_cuda_graph(config.cuda_graph, input_ids.device)
-    key = _kept_key(model, input_ids, config, graphed)
+    shapes = _step_shapes(model, input_ids, config)
+    key = _kept_key(model, shapes, config, graphed)
     kept = kept_for(model, key)
     was_training = model.training
     model.eval()
@@ -238,7 +246,7 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
         else:
             step = compiled_step(model, config.compile_backend)
             if graphed:  # the graph records this cache's and state's addresses
-                step = _graphed(model, step, state, sampling, config)
+                step = _graphed(model, step, shapes, config)
             if key is not None:
                 kept = Kept(key, cache, state, step)
                 keep(model, kept)
@@ -256,12 +264,10 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
             kept.busy = False
 
 
-def _graphed(model: Any, step: Callable[..., None], state: DecodeState, sampling: Sampling,
+def _graphed(model: Any, step: Callable[..., None], shapes: tuple[Any, ...],
              config: GenerationConfig) -> GraphedStep:
     """``step`` replayed as a CUDA graph, warmed up only the first time the model decodes
-    with these shapes."""
-    shapes = (config.compile_backend, *state.tokens.shape, state.tokens.device,
-              next(model.parameters()).dtype, sampling)
+    with these ``shapes``."""
     warmed = _warmed.setdefault(model, set())
     graphed = GraphedStep(step, required=bool(config.cuda_graph),
                           warmup=0 if shapes in warmed else WARMUP_STEPS)
