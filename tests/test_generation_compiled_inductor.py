@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import txblocks
+from txblocks.generation.onednn_linear import onednn_available
 from txblocks.generation.streaming_matvec import (
     MAX_ROWS,
     StreamingMatVec,
@@ -73,23 +74,27 @@ def test_the_pass_rewrites_small_row_cpu_products_and_one_query_attention_only()
                     if n.op == "call_function")
         return gm.forward
 
-    def f(x, wide, w, q, k, v, q2):
+    def f(x, wide, w, q, k, v, q2, wide16, w16):
         return (F.linear(x, w), F.linear(wide, w), F.scaled_dot_product_attention(q, k, v),
-                F.scaled_dot_product_attention(q2, k, v))
+                F.scaled_dot_product_attention(q2, k, v), F.linear(wide16, w16))
 
     g = torch.Generator().manual_seed(0)
     args = [torch.randn(MAX_ROWS, 1, 8, generator=g), torch.randn(MAX_ROWS + 1, 1, 8, generator=g),
             torch.randn(4, 8, generator=g), torch.randn(1, 2, 1, 8, generator=g),
             torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g),
-            torch.randn(1, 2, 3, 8, generator=g)]
+            torch.randn(1, 2, 3, 8, generator=g),
+            torch.randn(MAX_ROWS + 1, 8, generator=g).bfloat16(), torch.randn(4, 8, generator=g).bfloat16()]
     torch._dynamo.reset()
     got = torch.compile(f, backend=backend, fullgraph=True)(*args)
     torch._dynamo.reset()
-    assert seen.count("streaming_linear") == 1  # the MAX_ROWS + 1 rows stay a linear
+    assert seen.count("streaming_linear") == 1
     assert seen.count("streaming_attention") == 1  # the 3-position query stays SDPA
-    assert seen.count("linear") == 1 and seen.count("scaled_dot_product_attention") == 1
+    # MAX_ROWS + 1 float32 rows go to oneDNN; bfloat16 ones stay a linear
+    assert seen.count("onednn_linear.default") == (1 if onednn_available() else 0)
+    assert seen.count("linear") == (1 if onednn_available() else 2)
+    assert seen.count("scaled_dot_product_attention") == 1
     for a, b in zip(got, f(*args), strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a, b, atol=1e-2 if a.dtype == torch.bfloat16 else 1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -34,6 +34,7 @@ from torch import Tensor
 from txblocks.generation.config import GenerationConfig
 from txblocks.generation.cuda_graph import WARMUP_STEPS, GraphedStep, use_cuda_graph
 from txblocks.generation.kept import Kept, clear, keep, kept_for, refill
+from txblocks.generation.onednn_linear import onednn_linear
 from txblocks.generation.sessions import _left_padded
 from txblocks.generation.static_sampling import DecodeState, Sampling, pick
 from txblocks.generation.static_step import decode_step, stack_and_head, static_step_problems
@@ -54,6 +55,11 @@ RECOMPILE_LIMIT = 64
 #: only a graph needs the same tensors; tests turn it on to check the refill on CPU).
 KEEP_WITHOUT_GRAPHS = False
 
+#: Inductor settings of the step: no size, stride and alignment checks of its inputs in the
+#: generated wrapper (~150 of them, one per weight; 75 us of a step). Dynamo's guards check
+#: the same on a generation's first step, and later steps pass the same tensors.
+STEP_INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
+
 _compiled: weakref.WeakKeyDictionary[Any, dict[str, Callable[..., None]]] = weakref.WeakKeyDictionary()
 #: Per model, the (backend, batch, cache slots, dtype, sampling) its compiled step has run
 #: for on CUDA: a later generation of those captures its graph without warm-up steps.
@@ -73,7 +79,8 @@ def compiled_step(model: TransformerModel, backend: str = "inductor") -> Callabl
     reductions (:class:`~txblocks.generation.streaming_matvec.StreamingMatVec`)."""
     per_model = _compiled.setdefault(model, {})
     if backend not in per_model:
-        options = {"pre_grad_custom_pass": StreamingMatVec()} if backend == "inductor" else None
+        options = {"pre_grad_custom_pass": StreamingMatVec(), **STEP_INDUCTOR_OPTIONS} \
+            if backend == "inductor" else None
         per_model[backend] = torch.compile(decode_step, fullgraph=True, dynamic=False,
                                            backend=backend, options=options,
                                            recompile_limit=RECOMPILE_LIMIT, isolate_recompiles=True)
@@ -229,8 +236,9 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
     was_training = model.training
     model.eval()
     try:
-        prompt, positions, logits, cache = _prefill(model, input_ids, attention_mask, config,
-                                                    into=kept.cache if kept else None)
+        with onednn_linear(model):
+            prompt, positions, logits, cache = _prefill(model, input_ids, attention_mask, config,
+                                                        into=kept.cache if kept else None)
         state = _state(prompt, positions, cache, logits.shape[-1], config)
         if kept is not None:  # the tensors its graph reads and writes
             refill(kept.state, state)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from txblocks.generation.config import GenerationConfig, process_logits, sample_filter
+from txblocks.generation.onednn_linear import onednn_linear
 from txblocks.generation.sessions import DecoderSession, Seq2SeqSession
 from txblocks.nn.model import Seq2SeqModel, TransformerModel, check_index_tensor
 
@@ -172,12 +173,14 @@ def _stream_session(model: Any, session: Any, config: GenerationConfig,
     was_training = model.training
     model.eval()
     try:
-        session = session() if callable(session) else session
+        with onednn_linear(model):
+            session = session() if callable(session) else session
         generator = config.make_generator(device)
         tokens = session.prompt
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         eos = torch.tensor(config.eos_token_id, device=tokens.device, dtype=torch.long)
-        logits = session.prefill()
+        with onednn_linear(model):
+            logits = session.prefill()
         for step in range(config.max_new_tokens):
             scores = process_logits(logits, tokens, config, step)
             nxt = _choose(scores, config, generator)
@@ -188,7 +191,8 @@ def _stream_session(model: Any, session: Any, config: GenerationConfig,
                 finished |= torch.isin(nxt, eos)
             if finished.all() or step + 1 == config.max_new_tokens:
                 return
-            logits = session.step(nxt)
+            with onednn_linear(model):
+                logits = session.step(nxt)
     finally:
         model.train(was_training)
 
@@ -235,8 +239,9 @@ def generate(model: Any, input_ids: Tensor | None = None, attention_mask: Tensor
         was_training = model.training
         model.eval()
         try:
-            session = _session(model, input_ids, attention_mask, config, expand=config.num_beams)
-            return beam_search(session, config)
+            with onednn_linear(model):
+                session = _session(model, input_ids, attention_mask, config, expand=config.num_beams)
+                return beam_search(session, config)
         finally:
             model.train(was_training)
     prompt = input_ids

@@ -12,8 +12,11 @@ reads memory at close to that rate (measured: 28 GB/s in fp32, 26 GB/s in bf16, 
 ``F.linear`` calls on CPU with at most :data:`MAX_ROWS` rows that way, accumulating in
 float32 as the library kernels do; likewise PyTorch's int8 weight-only product (the int8
 bytes read once, converted in registers) and SDPA for a one-position query (its formula as
-reductions, which inductor fuses with the rest of the layer). Only the compiled decoding
-step installs it; weights that are tensor subclasses (torchao) keep their own dispatch.
+reductions, which inductor fuses with the rest of the layer). float32 products of more rows
+(batch 3 and up) go to oneDNN (:func:`~txblocks.generation.onednn_linear.onednn_linear_op`),
+about twice as fast there as the MKL products that inductor would call. Only the compiled
+decoding step installs the pass; weights that are tensor subclasses (torchao) keep their own
+dispatch.
 
 Shapes: R rows (batch × tokens), K in features, N out features.
 """
@@ -31,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._subclasses.fake_tensor import FakeTensor
+
+from txblocks.generation.onednn_linear import onednn_available, onednn_takes
 
 __all__ = ["MAX_ROWS", "StreamingMatVec", "streaming_attention", "streaming_int8_mm",
            "streaming_linear"]
@@ -113,6 +118,17 @@ def _streamable(node: fx.Node) -> bool:
     return math.prod(x.shape[:-1]) <= MAX_ROWS
 
 
+def _onednn_product(node: fx.Node) -> bool:
+    """A float32 CPU linear that oneDNN takes (more than MAX_ROWS rows: fewer stream)."""
+    if node.op != "call_function" or node.target not in _LINEAR or node.kwargs:
+        return False
+    values = [_value(a) for a in node.args[:3]]
+    if values[0] is None or values[1] is None or (len(node.args) > 2 and values[2] is None
+                                                  and node.args[2] is not None):
+        return False
+    return onednn_available() and onednn_takes(*values, *[None] * (3 - len(values)))
+
+
 def _one_query_attention(node: fx.Node) -> bool:
     """A CPU SDPA call of one query position, without dropout or ``is_causal``."""
     if node.op != "call_function" or node.target not in _SDPA or len(node.args) != 3:
@@ -128,7 +144,8 @@ def _one_query_attention(node: fx.Node) -> bool:
 
 class StreamingMatVec(CustomGraphPass):
     """Inductor pre-grad pass: small-row CPU ``F.linear`` -> :func:`streaming_linear` (and
-    the int8 weight-only kernel -> :func:`streaming_int8_mm`), one-query CPU SDPA ->
+    the int8 weight-only kernel -> :func:`streaming_int8_mm`), larger float32 ones ->
+    :func:`~txblocks.generation.onednn_linear.onednn_linear_op`, one-query CPU SDPA ->
     :func:`streaming_attention`."""
 
     def __call__(self, graph: fx.Graph) -> None:
@@ -136,6 +153,8 @@ class StreamingMatVec(CustomGraphPass):
             if _streamable(node):
                 int8 = node.target in _INT8_MM
                 self._replace(graph, node, streaming_int8_mm if int8 else streaming_linear)
+            elif _onednn_product(node):
+                self._replace(graph, node, torch.ops.txblocks.onednn_linear.default)
             elif _one_query_attention(node):
                 self._replace(graph, node, streaming_attention)
 
@@ -148,6 +167,10 @@ class StreamingMatVec(CustomGraphPass):
         graph.erase_node(node)
 
     def uuid(self) -> Any:
-        """Changes with this file, so inductor's cache never reuses another version's code."""
-        return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+        """Changes with this file and the oneDNN one, so inductor's cache never reuses another
+        version's code."""
+        from txblocks.generation import onednn_linear
+
+        sources = Path(__file__).read_bytes() + Path(onednn_linear.__file__).read_bytes()
+        return hashlib.sha256(sources).hexdigest()
 
