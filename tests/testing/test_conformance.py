@@ -233,8 +233,11 @@ def test_a_broken_ffn_fails(registry):
         check_ffn(nn.Linear(16, 32), 16)
     with pytest.raises(AssertionError, match=r"aux loss must be a scalar tensor, got \(4,\)"):
         check_ffn(lambda d: _Split(nn.Linear(d, d)), 16)
-    capacity = registry.config("ffn", "moe", capacity_factor=0.5).build(16)
-    with pytest.raises(AssertionError, match="batch row"):  # tokens compete for capacity
+    # tokens compete for capacity: at 0.25 a changed row always moves another row's drops
+    # (at 0.5 two router inits in 40 dropped the same tokens either way)
+    torch.manual_seed(0)
+    capacity = registry.config("ffn", "moe", capacity_factor=0.25).build(16)
+    with pytest.raises(AssertionError, match="batch row"):
         check_ffn(capacity, 16, batch_independent=True)
 
 
