@@ -22,6 +22,15 @@ def compare(fns: dict[str, Callable[[], object]], *, repeats: int = 5,
             warmup: int = 1) -> dict[str, float]:
     """Median seconds of each function, run round-robin so that a slow spell of the machine
     hits every contender alike (ratios stay fair even when absolute times drift)."""
+    return {name: statistics.median(ts) for name, ts in
+            compare_runs(fns, repeats=repeats, warmup=warmup).items()}
+
+
+def compare_runs(fns: dict[str, Callable[[], object]], *, repeats: int = 5,
+                 warmup: int = 1) -> dict[str, list[float]]:
+    """The seconds of each function's every repeat, run round-robin as :func:`compare` runs
+    them: the i-th times of two functions were taken one after the other, so their ratio is
+    fair even where the machine's speed jumps between repeats (see :func:`paired_median`)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -33,7 +42,16 @@ def compare(fns: dict[str, Callable[[], object]], *, repeats: int = 5,
             fn()
             _sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def paired_median(numerators: list[float], denominators: list[float]) -> float:
+    """The median of the repeat-by-repeat ratios of two :func:`compare_runs` time lists.
+
+    On a shared virtual machine the memory's bandwidth can jump by half for seconds at a
+    time (measured here: 28-34 GB/s, then 45-55 GB/s); a ratio of two medians can then
+    compare a contender's slow spell with the bound's fast one, a ratio per repeat cannot."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
 def _sync() -> None:

@@ -31,7 +31,11 @@ forcing, as `agree`: on random GPT-2 weights the top two logits often tie in bfl
 one tie broken the other way changes every later token). With
 `--compile` the bound is also measured interleaved with the contenders (`bound*`: the same
 bytes read as many times as there are new tokens, timed in turn
-with them), which a busy machine's drifting bandwidth does not skew.
+with them), which a busy machine's drifting bandwidth does not skew: the `/bound*` ratios are
+medians of repeat-by-repeat ratios, each contender's run against the read timed beside it
+(this machine's memory jumps between about 30 and about 50 GB/s for seconds at a time, so a
+ratio of two medians can pair a slow spell with a fast one). `step/bound*` is the compiled
+steps' own rate so compared; these paired ratios are the ones the targets are read from.
 
 `--hf-static` (with `--compile`) adds Hugging Face's own compiled decoding as a second
 reference: `generate(cache_implementation="static")`, which compiles its forward
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,7 +64,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compare, machine, read_bandwidth, read_blocks  # noqa: E402
+from common import compare, compare_runs, machine, paired_median, read_bandwidth, read_blocks  # noqa: E402
 
 import txblocks  # noqa: E402
 from txblocks.quantize import stored_bytes  # noqa: E402
@@ -138,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--n-layer", type=int, help="GPT-2 layers (default 12)")
     parser.add_argument("--n-embd", type=int, help="GPT-2 width (default 768)")
@@ -187,7 +192,7 @@ def main() -> None:
     if args.compile:
         header += (f" {'compiled tok/s':>14} {'compiled/HF':>11} {'compiled/bound':>14} "
                    f"{'compile s':>9} {'bound* tok/s':>12} {'ours/bound*':>11} {'compiled/bound*':>15}"
-                   f" {'step tok/s':>10} {'step/bound':>10}")
+                   f" {'step tok/s':>10} {'step/bound':>10} {'step/bound*':>11}")
     if args.compile and args.hf_static:
         header += f" {'HF static tok/s':>15} {'compiled/HF static':>18}"
     print(header)
@@ -232,8 +237,9 @@ def main() -> None:
                 except Exception as exc:  # a reference that does not run here is reported, not fatal
                     static_problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
             with torch.no_grad():
-                t = compare(fns, repeats=args.repeats)
-                t_hf, t_ours = t["hf"], t["ours"]
+                runs = compare_runs(fns, repeats=args.repeats)
+            t = {name: statistics.median(ts) for name, ts in runs.items()}
+            t_hf, t_ours = t["hf"], t["ours"]
             hf_rate, our_rate = batch * n / t_hf, batch * n / t_ours
             if dtype is torch.float32:
                 hf_fp32_rates[batch] = hf_rate
@@ -242,12 +248,18 @@ def main() -> None:
             if args.compile:
                 rate = batch * n / t["compiled"]
                 # bound*: n reads of the weights at the bandwidth measured in turn with the
-                # contenders (the run read `read` bytes n times)
-                bound_star = batch * n / (t["bound"] * streamed_bytes(ours) / read)
-                step_rate = batch * (n - 1) / (t["compiled"] - t["prefill"])
+                # contenders (the run read `read` bytes n times); its ratios are taken repeat
+                # by repeat, each against the read timed next to it
+                at_bound = [b * streamed_bytes(ours) / read for b in runs["bound"]]
+                bound_star = batch * n / statistics.median(at_bound)
+                steps = [c - p for c, p in zip(runs["compiled"], runs["prefill"], strict=True)]
+                step_rate = batch * (n - 1) / statistics.median(steps)
+                step_star = paired_median([b * (n - 1) / n for b in at_bound], steps)
                 row += (f" {rate:14.1f} {rate / hf_rate:11.2f} {rate / (bound * batch):14.2f} "
-                        f"{first - t['compiled']:9.1f} {bound_star:12.1f} {our_rate / bound_star:11.2f} "
-                        f"{rate / bound_star:15.2f} {step_rate:10.1f} {step_rate / (bound * batch):10.2f}")
+                        f"{first - t['compiled']:9.1f} {bound_star:12.1f} "
+                        f"{paired_median(at_bound, runs['ours']):11.2f} "
+                        f"{paired_median(at_bound, runs['compiled']):15.2f} {step_rate:10.1f} "
+                        f"{step_rate / (bound * batch):10.2f} {step_star:11.2f}")
             if args.compile and args.hf_static:
                 if "hf_static" in t:
                     static_rate = batch * n / t["hf_static"]
