@@ -10,6 +10,7 @@ import txblocks_deberta
 
 import txblocks
 from txblocks import load_registry, load_spec
+from txblocks.build import build_on_meta
 from txblocks.hf import families
 from txblocks.plugins import AUTOLOAD_ENV
 
@@ -127,9 +128,23 @@ def test_the_compiled_decoding_step_refuses_the_scheme(registry):
 
 def test_a_narrow_embedding_sum_is_refused_with_a_clear_error(registry):
     """With ``embedding.width`` and ``project_at: end`` the scheme would be built narrower than
-    the layers' input; the forward says so instead of failing in a matmul."""
+    the layers' input; the build says so (on the meta device too), not a matmul at forward."""
     spec = _spec(registry, **{"embedding.width": 16, "embedding.project_at": "end"})
-    model = txblocks.build(spec)
-    with pytest.raises(ValueError, match="relative embeddings are 16 wide.*project_at: tokens"):
-        model(torch.zeros(1, 4, dtype=torch.long))
-    _spec(registry, **{"embedding.width": 16, "embedding.project_at": "tokens"})
+    match = "deberta-tiny: disentangled: the relative embeddings are 16 wide.*project_at: tokens"
+    with pytest.raises(txblocks.BuildError, match=match):
+        txblocks.build(spec)
+    with pytest.raises(txblocks.BuildError, match=match):
+        build_on_meta(spec)
+    model = txblocks.build(_spec(registry, **{"embedding.width": 16, "embedding.project_at": "tokens"}))
+    assert model(torch.zeros(1, 4, dtype=torch.long)).logits.shape == (1, 4, 50)
+    scheme = model.position  # the forward's own check, for a model changed after its build
+    assert scheme.width_problem(model.blocks[0].attention, 0) is None
+    with pytest.raises(ValueError, match="relative embeddings are 32 wide, layer 1's attention takes 8"):
+        scheme.positions(_narrowed(model.blocks[1].attention), 1)
+
+
+def _narrowed(attention: torch.nn.Module) -> torch.nn.Module:
+    """``attention`` with its query projection taking 8 features."""
+    proj = attention.qkv if getattr(attention, "qkv", None) is not None else attention.q
+    proj.in_features = 8
+    return attention

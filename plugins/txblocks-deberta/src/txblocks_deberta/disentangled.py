@@ -110,17 +110,24 @@ class DisentangledPositions(PositionalScheme):
             table = self.norm(table)
         return self.dropout(table)
 
+    def width_problem(self, attention: Attention, layer: int) -> str | None:
+        """Why this scheme cannot feed ``attention`` (of layer ``layer``): its relative
+        embeddings are not as wide as what the attention's projections take; None if they are.
+        The plugin checks every layer right after a build (``txblocks_after_build``)."""
+        width, table = _input_width(attention), self.rel_embeddings.embedding_dim
+        if width is None or width == table:
+            return None
+        return (f"disentangled: the relative embeddings are {table} wide, layer {layer}'s "
+                f"attention takes {width}: the scheme was built for a narrower embedding sum "
+                "(embedding.width with project_at: end); use project_at: tokens")
+
     def positions(self, attention: Attention, layer: int) -> tuple[Tensor | None, Tensor | None]:
         """``Pq (2·S, H, D)`` (for ``p2c``) and ``Pk (2·S, Hkv, D)`` (for ``c2p``) of one layer;
         None for a term it does not use."""
+        problem = self.width_problem(attention, layer)
+        if problem:
+            raise ValueError(problem)
         table = self.relative_embeddings()
-        width = _input_width(attention)
-        if width is not None and width != table.shape[-1]:
-            raise ValueError(
-                f"disentangled: the relative embeddings are {table.shape[-1]} wide, layer {layer}'s "
-                f"attention takes {width}: the scheme was built for a narrower embedding sum "
-                "(embedding.width with project_at: end); use project_at: tokens"
-            )
         use_q, use_k = "p2c" in self.terms, "c2p" in self.terms
         if self.share_att_key:
             project_q, project_k = _query_key_projections(attention)

@@ -5,15 +5,19 @@ Registered through the ``txblocks`` entry point of the ``txblocks-deberta`` dist
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from pydantic import Field, model_validator
 
 import txblocks
 from txblocks.nn.dims import ModelDims
+from txblocks.nn.model import TransformerStack
 from txblocks_deberta.buckets import bucket_problem
 from txblocks_deberta.disentangled import TERMS, DisentangledPositions, Term
 from txblocks_deberta.hf_family import DEBERTA_V2
 
-__all__ = ["DisentangledConfig", "disentangled", "txblocks_register"]
+__all__ = ["DisentangledConfig", "disentangled", "txblocks_after_build", "txblocks_register"]
 
 
 class DisentangledConfig(txblocks.ComponentConfig):
@@ -67,6 +71,21 @@ def disentangled(dims: ModelDims, config: DisentangledConfig) -> DisentangledPos
         terms=config.terms, norm_eps=config.norm_eps, share_att_key=config.share_att_key,
         n_layers=dims.n_layers, dropout=config.dropout,
     )  # fmt: skip
+
+
+@txblocks.hookimpl
+def txblocks_after_build(model: torch.nn.Module, spec: Any) -> None:
+    """Refuse, right after the build, a ``disentangled`` scheme narrower than its layers (an
+    ``embedding.width`` with ``project_at: end`` builds it as wide as the embedding sum),
+    which the first forward would otherwise be the first to find."""
+    for stack in model.modules():
+        scheme = getattr(stack, "position", None)
+        if not isinstance(stack, TransformerStack) or not isinstance(scheme, DisentangledPositions):
+            continue
+        for i, block in enumerate(stack.blocks):
+            problem = scheme.width_problem(block.attention, i)
+            if problem:
+                raise txblocks.BuildError(f"{spec.name or 'model'}: {problem}")
 
 
 @txblocks.hookimpl
