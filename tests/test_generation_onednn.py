@@ -156,3 +156,16 @@ def test_the_compiled_step_at_batch_three_calls_onednn(gpt, monkeypatch):
     assert "txblocks::onednn_linear" in names
     want = _without_onednn(monkeypatch, lambda: gpt.generate(ids, mask, max_new_tokens=8))
     assert torch.equal(gpt.generate(ids, mask, max_new_tokens=8, compile=True), want)
+
+
+def test_a_model_its_user_compiled_still_generates(gpt):
+    """``model.compile()`` traces the forward under the mode: the trace keeps ``F.linear``
+    (inductor lowers oneDNN's operator only for frozen weights, and failed on it)."""
+    ids = torch.randint(1, 96, (2, 5), generator=torch.Generator().manual_seed(4))
+    want = gpt.generate(ids, max_new_tokens=4)
+    torch._dynamo.reset()
+    gpt.compile()
+    try:
+        assert torch.equal(gpt.generate(ids, max_new_tokens=4), want)
+    finally:
+        torch._dynamo.reset()

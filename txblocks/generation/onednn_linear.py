@@ -65,7 +65,9 @@ class OneDnnLinear(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in _LINEAR and len(args) >= 2:
+        # a model compiled by its user (model.compile()) is traced under the mode: inductor
+        # lowers oneDNN's operator only for frozen weights, so the trace keeps F.linear
+        if func in _LINEAR and len(args) >= 2 and not torch.compiler.is_compiling():
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if onednn_takes(args[0], args[1], bias):
                 return torch.ops.mkldnn._linear_pointwise(args[0], args[1], bias, "none", [], "")
