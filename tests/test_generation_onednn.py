@@ -57,7 +57,7 @@ def test_the_mode_sends_float32_cpu_products_to_onednn(gen):
                                atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["grad", "bf16", "one_dim", "int_bias"])
+@pytest.mark.parametrize("case", ["grad", "bf16", "one_dim", "int_bias", "autocast"])
 def test_the_mode_leaves_other_products_alone(gen, case):
     x, w = torch.randn(4, 48, generator=gen), torch.randn(24, 48, generator=gen)
     b = None
@@ -72,11 +72,12 @@ def test_the_mode_leaves_other_products_alone(gen, case):
         x, w = x.double(), w.double()  # float64 products stay aten's too
 
     def run():
-        with OneDnnLinear():
+        with OneDnnLinear(), torch.autocast("cpu", torch.bfloat16, enabled=case == "autocast"):
             return F.linear(x, w, b)
 
     assert "mkldnn::_linear_pointwise" not in _ops(run)
-    want = F.linear(x, w, b)
+    with torch.autocast("cpu", torch.bfloat16, enabled=case == "autocast"):
+        want = F.linear(x, w, b)  # under autocast: a bfloat16 product
     torch.testing.assert_close(run(), want)
     if case == "grad":  # the gradient still flows
         run().sum().backward()

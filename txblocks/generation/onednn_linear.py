@@ -46,13 +46,15 @@ def onednn_available() -> bool:
 
 def onednn_takes(x: Any, weight: Any, bias: Any) -> bool:
     """Whether oneDNN takes ``F.linear(x, weight, bias)`` here: a float32 CPU product of plain
-    tensors (or fake ones, while tracing) that needs no gradient."""
+    tensors (or fake ones, while tracing) that needs no gradient, outside CPU autocast."""
     plain = (*_PLAIN, FakeTensor)
     if type(x) not in plain or type(weight) not in plain or type(bias) not in (*plain, type(None)):
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if x.dim() < 2 or weight.dim() != 2 or (bias is not None and bias.dtype != torch.float32):
+        return False
+    if torch.is_autocast_enabled("cpu"):  # autocast casts F.linear's inputs; not oneDNN's
         return False
     return not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias)))
