@@ -114,6 +114,19 @@ def test_validation_refuses_sizes_no_device_holds(registry, change, path, messag
         load_spec({**BASE, **change}, registry=registry)
 
 
+@pytest.mark.parametrize("share", [None, 1, 2])
+def test_the_parameter_floor_is_below_the_built_model(registry, share):
+    """``min_params`` is a lower bound, layers that share one block (ALBERT) included: counted
+    once per block, not once per layer."""
+    spec = load_spec({**BASE, "n_layers": 4, "share_layers": share and {"groups": share}},
+                     registry=registry)
+    built = sum(p.numel() for p in txblocks.build(spec, registry=registry).parameters())
+    assert limits.min_params(spec) <= built
+    per_layer = limits.min_params(load_spec({**BASE, "n_layers": 4}, registry=registry))
+    if share:  # the attention term shrinks with the shared blocks
+        assert limits.min_params(spec) < per_layer
+
+
 def too_big_for_cpu() -> dict[str, Any]:
     """A valid spec whose token table alone is twice this machine's memory."""
     memory = build_module.device_memory("cpu")

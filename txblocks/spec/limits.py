@@ -129,8 +129,8 @@ def _attention_params(spec: ModelSpec) -> int:
 
 def _terms(spec: ModelSpec) -> dict[str, int]:
     """Parameters the sizes alone imply, by the spec field that drives each term."""
-    stacks = spec.stacks
-    layers = sum(stacks.values()) + (stacks["decoder"] if isinstance(spec, Seq2SeqSpec) else 0)
+    blocks = {stack: _distinct_blocks(spec, n_layers) for stack, n_layers in spec.stacks.items()}
+    layers = sum(blocks.values()) + (blocks["decoder"] if isinstance(spec, Seq2SeqSpec) else 0)
     terms = {"d_model": layers * _attention_params(spec)}  # + seq2seq cross-attention
     if isinstance(spec, TextSpec):
         terms["vocab_size"] = spec.vocab_size * spec.d_model
@@ -140,6 +140,13 @@ def _terms(spec: ModelSpec) -> dict[str, int]:
         terms["patch_size"] = spec.channels * ph * pw * spec.d_model
         terms["image_size"] = patches * spec.d_model
     return terms
+
+
+def _distinct_blocks(spec: ModelSpec, n_layers: int) -> int:
+    """Blocks with parameters of their own in a stack of ``n_layers``: ``share_layers.groups``
+    of them where layers share (ALBERT), else one per layer."""
+    share = spec.share_layers
+    return n_layers if share is None else min(share.groups, n_layers)
 
 
 def min_params(spec: ModelSpec) -> int:
