@@ -35,6 +35,7 @@ from torch import Tensor, fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._subclasses.fake_tensor import FakeTensor
 
+from txblocks.generation import onednn_linear
 from txblocks.generation.onednn_linear import onednn_available, onednn_takes
 
 __all__ = ["MAX_ROWS", "StreamingMatVec", "streaming_attention", "streaming_int8_mm",
@@ -122,11 +123,11 @@ def _onednn_product(node: fx.Node) -> bool:
     """A float32 CPU linear that oneDNN takes (more than MAX_ROWS rows: fewer stream)."""
     if node.op != "call_function" or node.target not in _LINEAR or node.kwargs:
         return False
-    values = [_value(a) for a in node.args[:3]]
-    if values[0] is None or values[1] is None or (len(node.args) > 2 and values[2] is None
-                                                  and node.args[2] is not None):
+    args = (*node.args, None)[:3]
+    x, weight, bias = (_value(a) for a in args)
+    if x is None or weight is None or (bias is None and args[2] is not None):
         return False
-    return onednn_available() and onednn_takes(*values, *[None] * (3 - len(values)))
+    return onednn_available() and onednn_takes(x, weight, bias)
 
 
 def _one_query_attention(node: fx.Node) -> bool:
@@ -169,8 +170,6 @@ class StreamingMatVec(CustomGraphPass):
     def uuid(self) -> Any:
         """Changes with this file and the oneDNN one, so inductor's cache never reuses another
         version's code."""
-        from txblocks.generation import onednn_linear
-
         sources = Path(__file__).read_bytes() + Path(onednn_linear.__file__).read_bytes()
         return hashlib.sha256(sources).hexdigest()
 
