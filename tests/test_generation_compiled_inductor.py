@@ -18,6 +18,7 @@ import txblocks
 from txblocks.generation.onednn_linear import onednn_available
 from txblocks.generation.streaming_matvec import (
     MAX_ROWS,
+    MAX_ROWS_CONVERTED,
     StreamingMatVec,
     streaming_attention,
     streaming_int8_mm,
@@ -31,8 +32,9 @@ TINY = {"extends": "llama", "arch": "decoder", "n_layers": 2, "d_model": 32, "n_
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_streaming_linear_is_linear(gen, dtype, bias):
-    x = torch.randn(2, 1, 48, generator=gen).to(dtype)
+@pytest.mark.parametrize("rows", [(1, 1), (2, 1), (1, 3), (2, 2)])
+def test_streaming_linear_is_linear(gen, dtype, bias, rows):
+    x = torch.randn(*rows, 48, generator=gen).to(dtype)
     w = torch.randn(24, 48, generator=gen).to(dtype)
     b = torch.randn(24, generator=gen).to(dtype) if bias else None
     want = F.linear(x.double(), w.double(), None if b is None else b.double())
@@ -41,8 +43,9 @@ def test_streaming_linear_is_linear(gen, dtype, bias):
     assert streaming_linear(x, w, b).dtype == dtype
 
 
-def test_streaming_int8_mm_is_the_int8_kernel(gen):
-    x = torch.randn(1, 64, generator=gen).to(torch.bfloat16)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_streaming_int8_mm_is_the_int8_kernel(gen, rows):
+    x = torch.randn(rows, 64, generator=gen).to(torch.bfloat16)
     w = torch.randint(-128, 128, (40, 64), generator=gen, dtype=torch.int8)
     scales = (torch.rand(40, generator=gen) / 50).to(torch.bfloat16)
     want = torch.ops.aten._weight_int8pack_mm(x, w, scales).float()
@@ -74,22 +77,24 @@ def test_the_pass_rewrites_small_row_cpu_products_and_one_query_attention_only()
                     if n.op == "call_function")
         return gm.forward
 
-    def f(x, wide, w, q, k, v, q2, wide16, w16):
+    def f(x, wide, w, q, k, v, q2, wide16, w16, x16):
         return (F.linear(x, w), F.linear(wide, w), F.scaled_dot_product_attention(q, k, v),
-                F.scaled_dot_product_attention(q2, k, v), F.linear(wide16, w16))
+                F.scaled_dot_product_attention(q2, k, v), F.linear(wide16, w16), F.linear(x16, w16))
 
     g = torch.Generator().manual_seed(0)
     args = [torch.randn(MAX_ROWS, 1, 8, generator=g), torch.randn(MAX_ROWS + 1, 1, 8, generator=g),
             torch.randn(4, 8, generator=g), torch.randn(1, 2, 1, 8, generator=g),
             torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g),
             torch.randn(1, 2, 3, 8, generator=g),
-            torch.randn(MAX_ROWS + 1, 8, generator=g).bfloat16(), torch.randn(4, 8, generator=g).bfloat16()]
+            torch.randn(MAX_ROWS_CONVERTED + 1, 8, generator=g).bfloat16(),
+            torch.randn(4, 8, generator=g).bfloat16(),
+            torch.randn(MAX_ROWS_CONVERTED, 8, generator=g).bfloat16()]
     torch._dynamo.reset()
     got = torch.compile(f, backend=backend, fullgraph=True)(*args)
     torch._dynamo.reset()
-    assert seen.count("streaming_linear") == 1
+    assert seen.count("streaming_linear") == 2  # MAX_ROWS float32, MAX_ROWS_CONVERTED bf16
     assert seen.count("streaming_attention") == 1  # the 3-position query stays SDPA
-    # MAX_ROWS + 1 float32 rows go to oneDNN; bfloat16 ones stay a linear
+    # MAX_ROWS + 1 float32 rows go to oneDNN; MAX_ROWS_CONVERTED + 1 bfloat16 stay a linear
     assert seen.count("onednn_linear.default") == (1 if onednn_available() else 0)
     assert seen.count("linear") == (1 if onednn_available() else 2)
     assert seen.count("scaled_dot_product_attention") == 1
@@ -97,9 +102,10 @@ def test_the_pass_rewrites_small_row_cpu_products_and_one_query_attention_only()
         torch.testing.assert_close(a, b, atol=1e-2 if a.dtype == torch.bfloat16 else 1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, MAX_ROWS + 1])
 def test_inductor_step_equals_eager(registry, batch):
-    """Batch 1: the products and the attention stream; batch 3: the attention only."""
+    """Batch 1 and 3: the products (a weight row read once for all rows) and the attention
+    stream; past MAX_ROWS the attention only."""
     torch.manual_seed(0)
     model = txblocks.build(txblocks.load_spec(TINY, registry=registry)).eval()
     g = torch.Generator().manual_seed(batch)

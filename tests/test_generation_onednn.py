@@ -16,6 +16,7 @@ from torch.profiler import profile
 import txblocks
 from txblocks.generation import onednn_linear as onednn
 from txblocks.generation.onednn_linear import OneDnnLinear, onednn_linear, onednn_linear_op
+from txblocks.generation.streaming_matvec import MAX_ROWS
 
 pytestmark = pytest.mark.skipif(not onednn.onednn_available(),
                                 reason="this PyTorch build has no oneDNN (mkldnn)")
@@ -146,10 +147,10 @@ def test_a_streams_caller_runs_outside_the_mode(gpt):
         assert count == 4
 
 
-def test_the_compiled_step_at_batch_three_calls_onednn(gpt, monkeypatch):
-    """Three rows do not stream: the step's float32 products are the oneDNN operator, and
-    the tokens are eager decoding's."""
-    ids = torch.randint(1, 96, (3, 7), generator=torch.Generator().manual_seed(3))
+def test_the_compiled_step_past_the_streamed_rows_calls_onednn(gpt, monkeypatch):
+    """MAX_ROWS + 1 rows do not stream: the step's float32 products are the oneDNN operator,
+    and the tokens are eager decoding's."""
+    ids = torch.randint(1, 96, (MAX_ROWS + 1, 7), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
     torch._dynamo.reset()

@@ -16,9 +16,9 @@ bfloat16 is left alone: aten already runs it through oneDNN.
 
 The compiled step calls the same products as :func:`onednn_linear_op` (``txblocks::onednn_linear``,
 an opaque custom operator: inductor lowers ``mkldnn._linear_pointwise`` itself only for frozen
-weights) for the products of more than two rows; smaller ones stream
-(:mod:`~txblocks.generation.streaming_matvec`). At batch 8 that took GPT-2 small's compiled
-fp32 decoding from 102 to 200 tokens/s.
+weights) for float32 products of more rows than
+:data:`~txblocks.generation.streaming_matvec.MAX_ROWS`; smaller ones stream. At batch 8 that
+took GPT-2 small's compiled fp32 decoding from 102 to 200 tokens/s.
 """
 
 from __future__ import annotations

@@ -9,14 +9,14 @@ reads memory at close to that rate (measured: 28 GB/s in fp32, 26 GB/s in bf16, 
 13.5 and 12.7 for ``F.linear`` on the same matrices).
 
 :class:`StreamingMatVec` is an inductor graph pass (``pre_grad_custom_pass``) that rewrites
-``F.linear`` calls on CPU with at most :data:`MAX_ROWS` rows that way, accumulating in
-float32 as the library kernels do; likewise PyTorch's int8 weight-only product (the int8
-bytes read once, converted in registers) and SDPA for a one-position query (its formula as
-reductions, which inductor fuses with the rest of the layer). float32 products of more rows
-(batch 3 and up) go to oneDNN (:func:`~txblocks.generation.onednn_linear.onednn_linear_op`),
-about twice as fast there as the MKL products that inductor would call. Only the compiled
-decoding step installs the pass; weights that are tensor subclasses (torchao) keep their own
-dispatch.
+``F.linear`` calls on CPU with at most :data:`MAX_ROWS` rows (:data:`MAX_ROWS_CONVERTED` for
+bf16 and fp16 weights) that way, accumulating in float32 as the library kernels do; likewise
+PyTorch's int8 weight-only product (the int8 bytes read once, converted in registers) and
+SDPA for a one-position query (its formula as reductions, which inductor fuses with the rest
+of the layer). float32 products of more rows go to oneDNN
+(:func:`~txblocks.generation.onednn_linear.onednn_linear_op`), about twice as fast there as
+the MKL products that inductor would call. Only the compiled decoding step installs the
+pass; weights that are tensor subclasses (torchao) keep their own dispatch.
 
 Shapes: R rows (batch × tokens), K in features, N out features.
 """
@@ -38,13 +38,19 @@ from torch._subclasses.fake_tensor import FakeTensor
 from txblocks.generation import onednn_linear
 from txblocks.generation.onednn_linear import onednn_available, onednn_takes
 
-__all__ = ["MAX_ROWS", "StreamingMatVec", "streaming_attention", "streaming_int8_mm",
-           "streaming_linear"]
+__all__ = ["MAX_ROWS", "MAX_ROWS_CONVERTED", "StreamingMatVec", "max_rows", "streaming_attention",
+           "streaming_int8_mm", "streaming_linear"]
 
-#: Linear layers with at most this many rows become reductions: batch 1 and 2 of a decoding
-#: step (GPT-2's layers in bf16: 21 and 19 GB/s against aten's 11 and 14; at 4 rows they
-#: tie, at 8 aten is faster).
-MAX_ROWS = 2
+#: float32 linear layers with at most this many rows become reductions: batch 1 to 4 of a
+#: decoding step. Each weight row is multiplied by every input row while it is loaded, so the
+#: weights stream once (GPT-2 small's compiled decoding on a 2-core EPYC, batch 2 / 4: 93.2 /
+#: 154.8 tok/s, against 55.4 reading the weights once per row and 119.5 with oneDNN's
+#: products; at 8 rows oneDNN's are faster: 31.6 against 38.8 ms for GPT-2's 49 products).
+MAX_ROWS = 4
+#: The same for weights converted to float32 inside the loop (bf16, fp16, int8): batch 1 and
+#: 2, one input row at a time (GPT-2 bf16, batch 2: 169 tok/s, 149 with the weight rows
+#: outside; at 4 rows aten's bf16 products, oneDNN's, are faster than either).
+MAX_ROWS_CONVERTED = 2
 
 _LINEAR = (F.linear, torch._C._nn.linear)
 _SDPA = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
@@ -54,10 +60,29 @@ _INT8_MM = (torch.ops.aten._weight_int8pack_mm, torch.ops.aten._weight_int8pack_
 def streaming_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` as a broadcast product summed over K, in float32:
     x (..., K), weight (N, K), bias (N,) -> (..., N) in x's dtype."""
-    y = (_stored(x).unsqueeze(-2) * weight.float()).sum(-1)
+    y = _times(x, weight)
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
+
+
+def _times(x: Tensor, weight: Tensor) -> Tensor:
+    """x (..., K) times weight (N, K) -> (..., N) in float32.
+
+    float32 weights: computed as (N, R), so that inductor's loops run over the weight rows
+    outside and the R input rows inside, and each weight row is read from memory once
+    whatever R (in (R, N) order it is read R times: batch 2 took twice batch 1's time).
+    Converted weights (see :data:`MAX_ROWS_CONVERTED`): in (R, N) order."""
+    if weight.dtype != torch.float32:
+        return (_stored(x).unsqueeze(-2) * weight.float()).sum(-1)
+    rows = _stored(x.reshape(-1, x.shape[-1]))  # (R, K)
+    y = (weight.unsqueeze(-2) * rows).sum(-1)  # (N, R)
+    return y.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+def max_rows(weight_dtype: torch.dtype) -> int:
+    """The most rows of a product with weights of ``weight_dtype`` that the pass streams."""
+    return MAX_ROWS if weight_dtype == torch.float32 else MAX_ROWS_CONVERTED
 
 
 def _stored(x: Tensor) -> Tensor:
@@ -72,8 +97,7 @@ def streaming_int8_mm(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     """``aten._weight_int8pack_mm(x, weight, scales)`` (int8 weight-only,
     :class:`~txblocks.int8_linear.Int8WeightOnlyLinear`) as a reduction that reads the int8
     bytes once: x (R, K), weight (N, K) int8, scales (N,) -> (R, N) in x's dtype."""
-    y = (_stored(x).unsqueeze(-2) * weight.float()).sum(-1) * scales.float()
-    return y.to(x.dtype)
+    return (_times(x, weight) * scales.float()).to(x.dtype)
 
 
 def streaming_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
@@ -107,8 +131,8 @@ def _value(node: Any) -> Tensor | None:
 
 
 def _streamable(node: fx.Node) -> bool:
-    """A CPU float linear (or int8 weight-only product) of at most MAX_ROWS rows, with its
-    shapes known."""
+    """A CPU float linear (or int8 weight-only product) of at most :func:`max_rows` rows, with
+    its shapes known."""
     if node.op != "call_function" or node.target not in _LINEAR + _INT8_MM or node.kwargs:
         return False
     x, weight = (_value(a) for a in node.args[:2])
@@ -116,7 +140,7 @@ def _streamable(node: fx.Node) -> bool:
         return False
     if not x.dtype.is_floating_point or x.dtype == torch.float64:
         return False
-    return math.prod(x.shape[:-1]) <= MAX_ROWS
+    return math.prod(x.shape[:-1]) <= max_rows(weight.dtype)
 
 
 def _onednn_product(node: fx.Node) -> bool:
