@@ -35,6 +35,7 @@ from txblocks.generation.config import GenerationConfig
 from txblocks.generation.cuda_graph import WARMUP_STEPS, GraphedStep, use_cuda_graph
 from txblocks.generation.kept import Kept, clear, keep, kept_for, refill
 from txblocks.generation.onednn_linear import onednn_linear
+from txblocks.generation.replay import RecordingBackend, run_recorded
 from txblocks.generation.sessions import _left_padded
 from txblocks.generation.static_sampling import DecodeState, Sampling, pick
 from txblocks.generation.static_step import decode_step, stack_and_head, static_step_problems
@@ -82,18 +83,25 @@ def compiled_step(model: TransformerModel, backend: str = "inductor") -> Callabl
         options = {"pre_grad_custom_pass": StreamingMatVec(), **STEP_INDUCTOR_OPTIONS} \
             if backend == "inductor" else None
         per_model[backend] = torch.compile(decode_step, fullgraph=True, dynamic=False,
-                                           backend=backend, options=options,
+                                           backend=RecordingBackend(backend, options),
                                            recompile_limit=RECOMPILE_LIMIT, isolate_recompiles=True)
     return per_model[backend]
 
 
-def _unguarded(step: Callable[..., None]) -> Callable[..., None]:
-    """``step`` without dynamo's guard checks (``skip_guard_eval_unsafe``: only the guards
-    that tell its compilations apart). For the steps after a generation's first: they pass
-    the same tensors, of the same shapes, as the first, whose call checked every guard. On
-    GPT-2 small the full checks took 0.6 ms of a 9 ms CPU step."""
+def _first_step(step: Callable[..., None], args: tuple[Any, ...], graphed: bool) -> Callable[[], None]:
+    """Run a generation's first compiled step (dynamo checks every guard); return what runs
+    each later one, with the same tensors: the CUDA graph (``step`` is a
+    :class:`~txblocks.generation.cuda_graph.GraphedStep`), else the compiled graph called
+    directly (:func:`~txblocks.generation.replay.run_recorded`), else (the step did not run
+    compiled) ``step`` without dynamo's guard checks (``skip_guard_eval_unsafe``)."""
+    if graphed:
+        step(*args)
+        return lambda: step(*args)
+    replay = run_recorded(lambda: step(*args))
+    if replay is not None:
+        return replay
 
-    def unguarded(*args: Any) -> None:
+    def unguarded() -> None:
         with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
             step(*args)
 
@@ -258,13 +266,16 @@ def _decode(model: TransformerModel | Seq2SeqModel, input_ids: Tensor, attention
             if key is not None:
                 kept = Kept(key, cache, state, step)
                 keep(model, kept)
-        steady = step if graphed else _unguarded(step)
+        later = None
         for done in range(1, config.max_new_tokens):
             if state.eos_ids is not None and done % check_every == 0 and bool(state.done.all()):
                 return
             if state.noise is not None:
                 state.noise.exponential_(generator=generator)
-            (step if done == 1 else steady)(model, cache, state, sampling)
+            if later is None:
+                later = _first_step(step, (model, cache, state, sampling), graphed)
+            else:
+                later()
             yield state
     finally:
         model.train(was_training)
