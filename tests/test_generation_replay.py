@@ -45,6 +45,18 @@ def test_nothing_is_recorded_outside_run_recorded_or_when_the_step_runs_eagerly(
     assert run_recorded(lambda: None) is None
 
 
+def test_a_graph_with_outputs_is_not_replayed():
+    """Its outputs are what dynamo stores back into Python state; a replay would drop them."""
+
+    def rebinding(box: dict, x: torch.Tensor) -> None:
+        box["y"] = x * 2  # a new tensor, set by dynamo's bytecode from the graph's output
+
+    step = torch.compile(rebinding, fullgraph=True, backend=RecordingBackend("eager"))
+    box, x = {}, torch.randn(3)
+    assert run_recorded(lambda: step(box, x)) is None
+    torch.testing.assert_close(box["y"], x * 2)
+
+
 def test_a_failed_call_leaves_no_recording_behind():
     def fail() -> None:
         raise RuntimeError("boom")

@@ -47,10 +47,11 @@ class RecordingBackend:
         graph = compile_graph(gm, example_inputs, **extra)
 
         def recorded(*inputs: Any) -> Any:
+            outputs = graph(*inputs)
             calls = getattr(_calls, "list", None)
             if calls is not None:
-                calls.append((graph, inputs))
-            return graph(*inputs)
+                calls.append((graph, inputs, outputs))
+            return outputs
 
         return recorded
 
@@ -58,8 +59,10 @@ class RecordingBackend:
 def run_recorded(call: Callable[[], Any]) -> Callable[[], Any] | None:
     """Run ``call`` (a step through its ``torch.compile`` wrapper); return its compiled graph
     bound to the inputs it was given, to run the same step again without dynamo. None unless
-    ``call`` ran exactly one graph compiled by a :class:`RecordingBackend` (it ran eagerly,
-    e.g. under ``torch.compiler.set_stance("force_eager")``)."""
+    ``call`` ran exactly one graph compiled by a :class:`RecordingBackend` (not so if it ran
+    eagerly, e.g. under ``torch.compiler.set_stance("force_eager")``), and that graph returned
+    nothing: a graph's outputs are what dynamo's bytecode then stores in Python objects (an
+    attribute set to a new tensor), which a replay would not do."""
     outer = getattr(_calls, "list", None)
     _calls.list = []
     try:
@@ -67,9 +70,9 @@ def run_recorded(call: Callable[[], Any]) -> Callable[[], Any] | None:
         recorded = _calls.list
     finally:
         _calls.list = outer
-    if len(recorded) != 1:
+    if len(recorded) != 1 or recorded[0][2]:
         return None
-    graph, inputs = recorded[0]
+    graph, inputs, _ = recorded[0]
 
     def replay() -> Any:
         return graph(*inputs)
