@@ -12,7 +12,8 @@ inputs dynamo gave it (:class:`RecordingBackend`); after the generation's first 
 dynamo runs with every guard checked, :func:`run_recorded` returns that graph bound to those
 inputs, and the later steps call it directly. Python side effects of the step (none in
 :func:`~txblocks.generation.static_step.decode_step`) happen on the recorded call only, as
-with a CUDA graph replay.
+with a CUDA graph replay; a graph that returns values (which dynamo's bytecode would store
+in Python objects) is not replayed.
 """
 
 from __future__ import annotations
