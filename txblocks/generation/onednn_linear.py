@@ -18,7 +18,7 @@ The compiled step calls the same products as :func:`onednn_linear_op` (``txblock
 an opaque custom operator: inductor lowers ``mkldnn._linear_pointwise`` itself only for frozen
 weights) for float32 products of more rows than
 :data:`~txblocks.generation.streaming_matvec.MAX_ROWS`; smaller ones stream. At batch 8 that
-took GPT-2 small's compiled fp32 decoding from 102 to 200 tokens/s.
+took GPT-2 small's compiled fp32 decoding from 102 to 190 tokens/s.
 """
 
 from __future__ import annotations

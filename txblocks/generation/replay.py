@@ -64,13 +64,11 @@ def run_recorded(call: Callable[[], Any]) -> Callable[[], Any] | None:
     eagerly, e.g. under ``torch.compiler.set_stance("force_eager")``), and that graph returned
     nothing: a graph's outputs are what dynamo's bytecode then stores in Python objects (an
     attribute set to a new tensor), which a replay would not do."""
-    outer = getattr(_calls, "list", None)
-    _calls.list = []
+    _calls.list = recorded = []
     try:
         call()
-        recorded = _calls.list
     finally:
-        _calls.list = outer
+        _calls.list = None
     if len(recorded) != 1 or recorded[0][2]:
         return None
     graph, inputs, _ = recorded[0]
